@@ -44,26 +44,16 @@ def cmd_models_install_defaults(args: argparse.Namespace) -> int:
     return 0
 
 
-def _loaded_in_triton(settings: Settings) -> set[str] | None:
-    """Model names Triton reports READY, or None when Triton is not reachable."""
-    import json
-    import urllib.request
-
-    url = f"http://{settings.triton_host}:{settings.triton_http_port}/v2/repository/index"
-    try:
-        req = urllib.request.Request(url, data=b"{}", method="POST")
-        with urllib.request.urlopen(req, timeout=1.0) as resp:
-            return {m["name"] for m in json.loads(resp.read()) if m.get("state") == "READY"}
-    except OSError:
-        return None
-
-
 def cmd_models_list(args: argparse.Namespace) -> int:
     from streaming.triton_server import discover_models
 
     settings = _settings(args)
     store = ModelStore(settings.models_dir)
-    ready = _loaded_in_triton(settings)
+    from streaming.triton_server import repository_index
+
+    index = repository_index(
+        f"http://{settings.triton_host}:{settings.triton_http_port}")
+    ready = None if index is None else {n for n, (st, _) in index.items() if st == "READY"}
     served_by: dict[str, list[str]] = {}
     for m in discover_models():
         for w in m.weights:
@@ -154,6 +144,8 @@ def cmd_triton(args: argparse.Namespace) -> int:
     server.start(wait_s=args.wait)
     for line in server.skipped:
         print(f"  skipped {line}")
+    for name, reason in server.failed.items():
+        print(f"  FAILED to load {name}: {reason.splitlines()[0] if reason else '?'}")
     print(f"models loaded: {', '.join(server.loaded) or 'none'}")
     print(f"Triton ready: HTTP {server.http_url}  gRPC {server.grpc_url}  metrics "
           f"http://{settings.triton_host}:{settings.triton_metrics_port}/metrics")

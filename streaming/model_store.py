@@ -113,7 +113,7 @@ class ModelStore:
             probe = self.root / ".write-test"
             probe.write_text("ok")
             probe.unlink()
-        except PermissionError as exc:
+        except OSError as exc:  # permission denied, read-only FS, a file in the way ...
             raise ModelStoreError(
                 f"cannot write to the model store {self.root}: {exc.strerror}. "
                 "Choose a writable folder with AI_MODELS_DIR=/path/to/models "

@@ -184,6 +184,7 @@ class TritonServer:
     proc: subprocess.Popen | None = None
     loaded: list[str] = field(default_factory=list)
     skipped: list[str] = field(default_factory=list)
+    failed: dict[str, str] = field(default_factory=dict)  # model -> why it did not load
 
     @property
     def http_url(self) -> str:
@@ -209,7 +210,9 @@ class TritonServer:
             "--model-control-mode=explicit",
             *[f"--load-model={m}" for m in self.loaded],
             "--exit-on-error=false",
-            "--strict-readiness=true",
+            # Not strict: unloading one model must not make the whole server unready
+            # (a load balancer would drop it). wait_ready() checks the models itself.
+            "--strict-readiness=false",
             f"--http-address={s.triton_host}", f"--http-port={s.triton_http_port}",
             f"--grpc-address={s.triton_host}", f"--grpc-port={s.triton_grpc_port}",
             f"--metrics-address={s.triton_host}", f"--metrics-port={s.triton_metrics_port}",
@@ -237,6 +240,7 @@ class TritonServer:
         return self
 
     def wait_ready(self, wait_s: float) -> None:
+        """Wait until every requested model is READY or has failed (reasons in ``failed``)."""
         deadline = time.monotonic() + wait_s
         while time.monotonic() < deadline:
             if self.proc and self.proc.poll() is not None:
@@ -244,7 +248,12 @@ class TritonServer:
                     f"tritonserver exited with code {self.proc.returncode} before it was ready"
                     + (f"; see {self.log_path}" if self.log_path else "")
                 )
-            if http_ok(f"{self.http_url}/v2/health/ready"):
+            states = repository_index(self.http_url) if http_ok(
+                f"{self.http_url}/v2/health/ready") else None
+            if states is not None and all(
+                    states.get(m, ("", ""))[0] in ("READY", "UNAVAILABLE") for m in self.loaded):
+                self.failed = {m: states[m][1] for m in self.loaded if states[m][0] != "READY"}
+                self.loaded = [m for m in self.loaded if m not in self.failed]
                 return
             time.sleep(0.2)
         raise TritonError(f"tritonserver not ready after {wait_s:.0f} s")
@@ -272,6 +281,17 @@ def http_ok(url: str, timeout: float = 1.0) -> bool:
             return resp.status == 200
     except (urllib.error.URLError, OSError):
         return False
+
+
+def repository_index(http_url: str) -> dict[str, tuple[str, str]] | None:
+    """model name -> (state, reason) from the repository API; None when unreachable."""
+    req = urllib.request.Request(f"{http_url}/v2/repository/index", data=b"{}", method="POST")
+    try:
+        with urllib.request.urlopen(req, timeout=2.0) as resp:
+            return {m["name"]: (m.get("state", ""), m.get("reason", ""))
+                    for m in json.loads(resp.read())}
+    except (urllib.error.URLError, OSError, ValueError):
+        return None
 
 
 def model_ready(http_url: str, name: str) -> bool:

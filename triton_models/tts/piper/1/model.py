@@ -166,13 +166,17 @@ class TritonPythonModel:
 
     def _espeak(self, text: str, language: str, speed: float):
         wpm = str(int(165 * speed))
-        wav = subprocess.run([self.espeak, "-v", language, "-s", wpm, "--stdout", text],
-                             capture_output=True, check=True, timeout=30).stdout
+        # Text goes through stdin as UTF-8 bytes: the embedded interpreter may encode
+        # command-line arguments as ASCII.
+        data = text.encode("utf-8")
+        wav = subprocess.run([self.espeak, "-v", language, "-s", wpm, "--stdout", "--stdin"],
+                             input=data, capture_output=True, check=True, timeout=30).stdout
         with wave.open(BytesIO(wav)) as w:
             rate = w.getframerate()
             audio = np.frombuffer(w.readframes(w.getnframes()), dtype="<i2")
-        ipa = subprocess.run([self.espeak, "-v", language, "-q", "--ipa", text],
-                             capture_output=True, text=True, timeout=30).stdout
+        ipa = subprocess.run([self.espeak, "-v", language, "-q", "--ipa", "--stdin"],
+                             input=data, capture_output=True, timeout=30).stdout.decode("utf-8",
+                                                                                       "replace")
         # espeak-ng gives no timings: spread its phonemes evenly (approximate).
         symbols = [c for c in ipa if c.strip() and c not in "ˈˌː"]
         step = (audio.size / rate) / max(len(symbols), 1)

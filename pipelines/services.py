@@ -1,0 +1,115 @@
+"""Typed clients for the Triton models: STT, TTS and LLM streams.
+
+Each hides the tensor names of its model behind a small interface (push audio
+and read transcripts; text in, audio chunks out; messages in, tokens out) so
+pipeline stages, the CLI, tests and benchmarks speak in domain terms.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import os
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from pipelines.triton_client import TritonClient, TritonStream
+
+STT_RATE = 16000
+_seq_ids = itertools.count((os.getpid() % 10_000) * 1_000_000 + 1)
+
+
+@dataclass
+class Transcript:
+    text: str
+    final: bool
+    details: dict = field(default_factory=dict)
+
+    @property
+    def words(self) -> list[dict]:
+        return [w for s in self.details.get("segments", []) for w in s.get("words", [])]
+
+
+class STTStream:
+    """One audio stream as a Triton sequence on the streaming Whisper model."""
+
+    def __init__(self, client: TritonClient, model: str = "whisper",
+                 language: str | None = None):
+        self.model = model
+        self.language = language
+        self._stream: TritonStream = client.stream()
+        self._seq = next(_seq_ids)
+        self._started = False
+
+    async def push(self, audio: np.ndarray, *, end: bool = False) -> list[Transcript]:
+        """Send 16 kHz float32 audio; return what the model answered (partial/final)."""
+        inputs: dict = {"AUDIO": np.asarray(audio, dtype=np.float32).reshape(1, -1)}
+        if self.language:
+            inputs["LANGUAGE"] = np.array([[self.language]], dtype=np.object_)
+        out = []
+        async for r in self._stream.infer(self.model, inputs, sequence_id=self._seq,
+                                          sequence_start=not self._started, sequence_end=end):
+            text = r.text("TEXT")
+            final = bool(r.outputs["IS_FINAL"].flatten()[0])
+            if text or final:
+                out.append(Transcript(text, final, json.loads(r.text("DETAILS") or "{}")))
+        self._started = True
+        if end:
+            self._started = False
+            self._seq = next(_seq_ids)
+        return out
+
+    async def end(self) -> list[Transcript]:
+        return await self.push(np.zeros(0, np.float32), end=True)
+
+    async def close(self) -> None:
+        await self._stream.close()
+
+
+@dataclass
+class AudioChunk:
+    audio: np.ndarray  # int16 mono
+    sample_rate: int
+    alignment: dict
+
+
+async def synthesize(client: TritonClient, text: str, *, model: str = "piper",
+                     voice: str | None = None, language: str | None = None,
+                     speed: float | None = None) -> AsyncIterator[AudioChunk]:
+    """Stream TTS audio; closing the iterator early cancels synthesis in Triton."""
+    inputs: dict = {"TEXT": text}
+    if voice:
+        inputs["VOICE"] = voice
+    if language:
+        inputs["LANGUAGE"] = language
+    if speed:
+        inputs["SPEED"] = np.array([speed], dtype=np.float32)
+    async with client.stream() as stream:
+        async for r in stream.infer(model, inputs):
+            yield AudioChunk(r.outputs["AUDIO"].reshape(-1), int(r.outputs["SAMPLE_RATE"][0]),
+                             json.loads(r.text("ALIGNMENT")))
+
+
+@dataclass
+class Token:
+    text: str
+    finish_reason: str = ""
+
+
+async def chat(client: TritonClient, messages: list[dict], *, model: str = "llm",
+               max_tokens: int = 256, temperature: float | None = None,
+               seed: int | None = None, ignore_eos: bool = False) -> AsyncIterator[Token]:
+    """Stream LLM tokens; closing the iterator early cancels generation in Triton."""
+    inputs: dict = {"MESSAGES": json.dumps(messages),
+                    "MAX_TOKENS": np.array([max_tokens], dtype=np.int32)}
+    if temperature is not None:
+        inputs["TEMPERATURE"] = np.array([temperature], dtype=np.float32)
+    if seed is not None:
+        inputs["SEED"] = np.array([seed], dtype=np.int32)
+    if ignore_eos:
+        inputs["IGNORE_EOS"] = np.array([True])
+    async with client.stream() as stream:
+        async for r in stream.infer(model, inputs):
+            yield Token(r.text("TEXT"), r.text("FINISH_REASON"))

