@@ -32,6 +32,26 @@ class StreamState:
     touched: float = field(default_factory=time.monotonic)
 
 
+def short_window_model(base):
+    """A WhisperModel whose encoder sees only the audio there is (+1 s), not 30 s of padding.
+
+    faster-whisper pads every window to 30 s, so a 2 s utterance costs as much as a
+    30 s one (~300 ms for tiny int8 on 2 cores). CTranslate2's encoder accepts
+    shorter inputs; trimming the padding makes partials and finals 3-4x cheaper
+    with the same WER on our test speech (bench: rtmedia bench models).
+    """
+
+    class ShortWindowWhisper(base):
+        frames: int | None = None  # set per call from the audio length
+
+        def encode(self, features):
+            if self.frames and features.shape[-1] > self.frames:
+                features = features[..., : self.frames]
+            return super().encode(features)
+
+    return ShortWindowWhisper
+
+
 def _param(args_cfg: dict, key: str, default: str) -> str:
     return args_cfg.get("parameters", {}).get(key, {}).get("string_value", default)
 
@@ -48,7 +68,8 @@ class TritonPythonModel:
                 f"Whisper weights not found in {weights}; run `rtmedia models install-defaults`"
             )
         gpu = args.get("model_instance_kind") == "GPU"
-        self.model = WhisperModel(
+        self.trim = _param(cfg, "trim_encoder", "true").lower() == "true"
+        self.model = short_window_model(WhisperModel)(
             str(weights),
             device="cuda" if gpu else "cpu",
             device_index=int(args.get("model_instance_device_id", 0)),
@@ -128,7 +149,13 @@ class TritonPythonModel:
     def _language(self, state: StreamState) -> str | None:
         return "en" if self.english_only else state.language
 
+    def _fit_encoder(self, n_samples: int) -> None:
+        """Encoder frames for this audio: whole seconds of content plus one (10 ms frames)."""
+        seconds = -(-n_samples // SAMPLE_RATE) + 1
+        self.model.frames = min(3000, seconds * 100) if self.trim else None
+
     def _partial(self, state: StreamState) -> str:
+        self._fit_encoder(state.audio.size)
         segments, _ = self.model.transcribe(
             state.audio, language=self._language(state), beam_size=1, temperature=0.0,
             without_timestamps=True, condition_on_previous_text=False,
@@ -136,6 +163,7 @@ class TritonPythonModel:
         return " ".join(s.text.strip() for s in segments).strip()
 
     def _segments(self, state: StreamState, audio: np.ndarray):
+        self._fit_encoder(audio.size)
         segments, info = self.model.transcribe(
             audio, language=self._language(state), beam_size=self.beam_size,
             temperature=0.0, word_timestamps=True, condition_on_previous_text=False,

@@ -1,0 +1,90 @@
+"""Rendering the model repository for a placement, and the `rtmedia triton` command."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+import urllib.request
+
+import pytest
+
+from streaming.cli import main as cli
+from streaming.model_store import ModelStore
+from streaming.triton_server import (
+    TritonError,
+    discover_models,
+    loadable_models,
+    render_repository,
+)
+from tests.conftest import free_port
+
+
+def test_every_model_declares_its_weights():
+    models = {m.name: m for m in discover_models()}
+    assert {"whisper", "whisper_base", "piper", "llm"} <= set(models)
+    assert models["whisper"].weights == ["stt/whisper-tiny.en"]
+    assert models["llm"].use_case == "agent"
+
+
+def test_cpu_and_gpu_placement(tmp_path):
+    render_repository(tmp_path / "cpu", "cpu")
+    cfg = (tmp_path / "cpu" / "agent" / "llm" / "config.pbtxt").read_text()
+    assert "instance_group [ { count: 1, kind: KIND_CPU } ]" in cfg
+    render_repository(tmp_path / "gpu", "gpu")
+    llm = (tmp_path / "gpu" / "agent" / "llm" / "config.pbtxt").read_text()
+    stt = (tmp_path / "gpu" / "stt" / "whisper" / "config.pbtxt").read_text()
+    assert "kind: KIND_GPU, gpus: [ 1 ]" in llm  # heavy work on GPU 1
+    assert "kind: KIND_GPU, gpus: [ 0 ]" in stt  # realtime work on GPU 0
+    # the symlinked model.py of whisper_base becomes a real file
+    copied = tmp_path / "gpu" / "stt" / "whisper_base" / "1" / "model.py"
+    assert copied.is_file() and not copied.is_symlink()
+
+
+def test_unknown_placement(tmp_path):
+    with pytest.raises(TritonError, match="unknown placement"):
+        render_repository(tmp_path, "tpu")
+    assert cli(["triton-repo", "--out", str(tmp_path), "--placement", "tpu"]) == 2
+
+
+def test_only_models_with_weights_are_loaded(tmp_path):
+    store = ModelStore(tmp_path)
+    store.setup()
+    ready, skipped = loadable_models(store)
+    assert ready == [] and any("stt/whisper-tiny.en" in s for s in skipped)
+
+
+def test_rtmedia_triton_serves_and_stops_on_sigterm(model_store, tmp_path):
+    http = free_port()
+    env = dict(os.environ, AI_MODELS_DIR=str(model_store.root),
+               RTMEDIA_STATE_DIR=str(tmp_path))
+    cmd = [sys.executable, "-m", "streaming.cli", "triton", "--model", "piper",
+           "--http-port", str(http), "--grpc-port", str(free_port()),
+           "--metrics-port", str(free_port())]
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                            text=True)
+    lines = []
+    try:
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline:
+            line = proc.stdout.readline()
+            if not line:
+                break
+            lines.append(line)
+            if line.startswith("Triton ready"):
+                break
+        assert any(f"127.0.0.1:{http}" in ln for ln in lines), "".join(lines)
+        with urllib.request.urlopen(f"http://127.0.0.1:{http}/v2/models/piper/ready") as r:
+            assert r.status == 200
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=30) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    rest = proc.stdout.read()
+    assert "stopping tritonserver" in rest
+    with pytest.raises(OSError):  # the server is gone, not orphaned
+        urllib.request.urlopen(f"http://127.0.0.1:{http}/v2/health/live", timeout=1)
