@@ -169,6 +169,179 @@ def cmd_triton_render(args: argparse.Namespace) -> int:
     return 0
 
 
+# -- media server -----------------------------------------------------------------------------
+def cmd_up(args: argparse.Namespace) -> int:
+    """Local Triton (unless --triton-url) + the media server, until Ctrl-C/SIGTERM."""
+    import logging
+
+    from streaming.triton_server import TritonServer
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: "
+                                                   "%(message)s")
+    settings = _settings(args).replace(host=args.host, port=args.port,
+                                       triton_url=args.triton_url)
+    server = None
+    if not settings.triton_url:
+        store = ModelStore(settings.models_dir)
+        from streaming.default_models import DEFAULT_MODELS, install_defaults
+
+        if not all(store.is_installed(m.use_case, m.name) for m in DEFAULT_MODELS):
+            print(f"filling the model store {store.root} with the default models ...")
+            install_defaults(store)
+        server = TritonServer(settings, models=[settings.stt_model, settings.tts_model,
+                                                settings.llm_model])
+        print(f"starting tritonserver (store {settings.models_dir}) ...")
+        server.start(wait_s=args.wait)
+        for name, reason in server.failed.items():
+            print(f"  FAILED to load {name}: {reason.splitlines()[0] if reason else '?'}")
+        print(f"Triton ready: gRPC {server.grpc_url}")
+    try:
+        _run_loop(_serve(settings))
+    except KeyboardInterrupt:
+        pass
+    finally:
+        if server:
+            print("stopping tritonserver")
+            server.stop()
+    return 0
+
+
+def _run_loop(coro):
+    """uvloop when available (lower per-message overhead), else asyncio."""
+    try:
+        import uvloop
+    except ImportError:
+        import asyncio
+
+        return asyncio.run(coro)
+    return uvloop.run(coro)
+
+
+async def _serve(settings: Settings) -> None:
+    import asyncio
+
+    from aiohttp import web
+
+    from streaming.server import create_app
+
+    app = create_app(settings)
+    runner = web.AppRunner(app, handle_signals=False)
+    await runner.setup()
+    site = web.TCPSite(runner, settings.host, settings.port)
+    await site.start()
+    url = f"http://{settings.host}:{settings.port}"
+    print(f"rtmedia media server on {url}  (web demo {url}/ , realtime ws://{settings.host}:"
+          f"{settings.port}/v1/realtime , metrics {url}/metrics)", flush=True)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    await stop.wait()
+    print("shutting down", flush=True)
+    await runner.cleanup()
+
+
+def cmd_caption(args: argparse.Namespace) -> int:
+    import asyncio
+
+    from streaming.client import RealtimeClient, load_audio
+
+    async def run() -> int:
+        rate = 16000
+        audio = load_audio(args.file, rate)
+        c = await RealtimeClient(args.url).connect(transcription=True)
+        await c.wait_for("session.created")
+        session = {"type": "transcription", "audio": {"input": {
+            "format": {"type": "audio/pcm", "rate": rate},
+            "transcription": {"model": "whisper", "language": args.language},
+            "turn_detection": {"type": "server_vad", "silence_duration_ms": args.silence_ms}}}}
+        await c.update(session)
+        sender = asyncio.create_task(c.stream_audio(
+            np_pad(audio, rate), rate, pace=0 if args.fast else 1.0))
+        pending = 0
+        try:
+            async for ev in c.iter_events(timeout=60):
+                if ev.type == "input_audio_buffer.speech_started":
+                    pending += 1
+                elif ev.type == "conversation.item.input_audio_transcription.delta":
+                    print(f"\r\033[K… {ev.data.get('transcript', ev.data['delta'])}", end="",
+                          flush=True)
+                elif ev.type == "conversation.item.input_audio_transcription.completed":
+                    pending -= 1
+                    print(f"\r\033[K{ev.data['transcript']}", flush=True)
+                    if sender.done() and pending <= 0:
+                        break
+                elif ev.type == "error":
+                    print(f"\nerror: {ev.data['error']['message']}", file=sys.stderr)
+                if sender.done() and pending <= 0 and ev.type != "session.updated":
+                    await asyncio.sleep(0.6)  # let a trailing turn start
+                    if c.events.empty() and pending <= 0:
+                        break
+        finally:
+            await c.close()
+        return 0
+
+    return asyncio.run(run())
+
+
+def np_pad(audio, rate: int, seconds: float = 1.0):
+    """Trailing silence so the VAD sees the end of the last turn."""
+    import numpy as np
+
+    return np.concatenate([audio, np.zeros(int(rate * seconds), np.float32)])
+
+
+def cmd_talk(args: argparse.Namespace) -> int:
+    import asyncio
+
+    import numpy as np
+
+    from pipelines.audio import write_wav
+    from streaming.client import RealtimeClient, load_audio, pcm_from_delta
+
+    async def run() -> int:
+        rate = 24000
+        audio = load_audio(args.file, rate)
+        c = await RealtimeClient(args.url).connect()
+        await c.wait_for("session.created")
+        await c.update({"type": "realtime", "instructions": args.instructions or
+                        "You are a friendly voice assistant. Answer in one short sentence.",
+                        "audio": {"input": {"format": {"type": "audio/pcm", "rate": rate},
+                                            "turn_detection": {"type": "server_vad"}}}})
+        sender = asyncio.create_task(c.stream_audio(np_pad(audio, rate), rate, pace=1.0))
+        chunks, first, stop_t = [], None, None
+        try:
+            async for ev in c.iter_events(timeout=60):
+                t = ev.type
+                if t == "input_audio_buffer.speech_stopped":
+                    stop_t = ev.t
+                elif t == "conversation.item.input_audio_transcription.completed":
+                    print(f"you:   {ev.data['transcript']}")
+                elif t == "response.output_audio.delta":
+                    if first is None and stop_t is not None:
+                        first = ev.t
+                        print(f"(first reply audio {1000 * (first - stop_t):.0f} ms after "
+                              "the end of your speech was detected)")
+                    chunks.append(pcm_from_delta(ev.data))
+                elif t == "response.done":
+                    part = ev.data["response"]["output"][0]["content"][0]
+                    print(f"agent: {part.get('transcript', '')}")
+                    break
+                elif t == "error":
+                    print(f"error: {ev.data['error']['message']}", file=sys.stderr)
+        finally:
+            sender.cancel()
+            await c.close()
+        if not chunks:
+            print("no reply audio", file=sys.stderr)
+            return 1
+        write_wav(args.out, np.concatenate(chunks), rate)
+        print(f"reply audio written to {args.out}")
+        return 0
+
+    return asyncio.run(run())
+
+
 # -- parser -----------------------------------------------------------------------------------
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="rtmedia", description=__doc__)
@@ -226,6 +399,32 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--out", required=True)
     sp.add_argument("--placement")
     sp.set_defaults(func=cmd_triton_render)
+
+    sp = store_arg(sub.add_parser("up", help="Triton + the media server + the web demo"))
+    sp.add_argument("--host", help="media server address (default 127.0.0.1)")
+    sp.add_argument("--port", type=int, help="media server port (default 8080)")
+    sp.add_argument("--triton-url", help="use a running Triton (gRPC HOST:PORT) instead of "
+                                         "starting one")
+    sp.add_argument("--http-port", type=int, help="local Triton HTTP port")
+    sp.add_argument("--grpc-port", type=int, help="local Triton gRPC port")
+    sp.add_argument("--metrics-port", type=int, help="local Triton metrics port")
+    sp.add_argument("--placement")
+    sp.add_argument("--wait", type=float, default=300.0)
+    sp.set_defaults(func=cmd_up)
+    for name, helptext in (("caption", "print live captions of a WAV file"),
+                           ("talk", "one voice-agent turn with a WAV file")):
+        sp = sub.add_parser(name, help=helptext)
+        sp.add_argument("file")
+        sp.add_argument("--url", default="ws://127.0.0.1:8080/v1/realtime")
+        if name == "caption":
+            sp.add_argument("--fast", action="store_true", help="send faster than real time")
+            sp.add_argument("--language", default=None)
+            sp.add_argument("--silence-ms", type=int, default=500)
+            sp.set_defaults(func=cmd_caption)
+        else:
+            sp.add_argument("--out", default="reply.wav")
+            sp.add_argument("--instructions")
+            sp.set_defaults(func=cmd_talk)
 
     bench = sub.add_parser("bench", help="benchmarks").add_subparsers(dest="bench_command",
                                                                        required=True)

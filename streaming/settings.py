@@ -34,6 +34,20 @@ class Settings:
     hf_endpoint: str = "https://huggingface.co"
     hf_token: str | None = None
     triton_log_verbose: int = 0
+    # Media server
+    host: str = "127.0.0.1"
+    port: int = 8080
+    # gRPC HOST:PORT of a Triton already running; empty: `rtmedia up` starts one.
+    triton_url: str = ""
+    # Per use case overrides, e.g. agent on the GPU-1 server: {"agent": "gpu1:8001"}
+    triton_urls: dict = field(default_factory=dict)
+    stt_model: str = "whisper"
+    tts_model: str = "piper"
+    llm_model: str = "llm"
+    max_sessions: int = 8
+    idle_timeout_s: float = 120.0
+    max_message_bytes: int = 1 << 20
+    api_key: str | None = None
 
     @classmethod
     def from_env(cls) -> Settings:
@@ -49,6 +63,18 @@ class Settings:
             hf_endpoint=_env("HF_ENDPOINT", env.get("HF_ENDPOINT", "https://huggingface.co")),
             hf_token=_env("HF_TOKEN", env.get("HF_TOKEN", "")) or None,
             triton_log_verbose=int(_env("TRITON_LOG_VERBOSE", "0")),
+            host=_env("HOST", "127.0.0.1"),
+            port=int(_env("PORT", "8080")),
+            triton_url=_env("TRITON_URL", ""),
+            triton_urls={uc: env[PREFIX + "TRITON_URL_" + uc.upper()] for uc in USE_CASES
+                         if env.get(PREFIX + "TRITON_URL_" + uc.upper())},
+            stt_model=_env("STT_MODEL", "whisper"),
+            tts_model=_env("TTS_MODEL", "piper"),
+            llm_model=_env("LLM_MODEL", "llm"),
+            max_sessions=int(_env("MAX_SESSIONS", "8")),
+            idle_timeout_s=float(_env("IDLE_TIMEOUT_S", "120")),
+            max_message_bytes=int(_env("MAX_MESSAGE_BYTES", str(1 << 20))),
+            api_key=_env("API_KEY", "") or None,
         )
 
     def replace(self, **changes: object) -> Settings:

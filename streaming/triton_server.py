@@ -217,6 +217,8 @@ class TritonServer:
             f"--grpc-address={s.triton_host}", f"--grpc-port={s.triton_grpc_port}",
             f"--metrics-address={s.triton_host}", f"--metrics-port={s.triton_metrics_port}",
             "--allow-gpu-metrics=false",
+            # Bound shutdown: open STT sequences would otherwise hold it for 30 s.
+            "--exit-timeout-secs=5",
             f"--log-verbose={s.triton_log_verbose}",
         ]
         if s.placement == "cpu":

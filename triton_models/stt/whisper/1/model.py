@@ -154,11 +154,18 @@ class TritonPythonModel:
         seconds = -(-n_samples // SAMPLE_RATE) + 1
         self.model.frames = min(3000, seconds * 100) if self.trim else None
 
+    @staticmethod
+    def _token_budget(n_samples: int) -> int:
+        """Tokens a window can plausibly hold: greedy decoding on a window that ends in
+        silence can loop on a phrase until 448 tokens (~1 s of CPU); this cuts it."""
+        return int(8 * n_samples / SAMPLE_RATE) + 12
+
     def _partial(self, state: StreamState) -> str:
         self._fit_encoder(state.audio.size)
         segments, _ = self.model.transcribe(
             state.audio, language=self._language(state), beam_size=1, temperature=0.0,
             without_timestamps=True, condition_on_previous_text=False,
+            max_new_tokens=self._token_budget(state.audio.size),
         )
         return " ".join(s.text.strip() for s in segments).strip()
 
@@ -167,6 +174,7 @@ class TritonPythonModel:
         segments, info = self.model.transcribe(
             audio, language=self._language(state), beam_size=self.beam_size,
             temperature=0.0, word_timestamps=True, condition_on_previous_text=False,
+            max_new_tokens=min(440, self._token_budget(audio.size)),
         )
         return list(segments), info
 

@@ -1,0 +1,371 @@
+"""The voice-agent loop for one session, independent of the transport.
+
+    audio in -> VAD -> streaming STT (partials, final) -> LLM (tokens) -> clauses
+             -> TTS (audio chunks) -> frames out
+
+Each stage runs as its own task so audio intake never waits on a model. A user
+turn is an *utterance* (one Triton STT sequence); a reply is a *response* task
+that pipelines LLM tokens into TTS clause by clause. Barge-in cancels the
+response task: closing its Triton streams cancels the requests inside Triton.
+``close()`` cancels everything, so nothing runs after a client leaves.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import itertools
+import logging
+import time
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass, field, replace
+
+import numpy as np
+
+from pipelines import frames as F
+from pipelines.audio import Resampler
+from pipelines.clauses import ClauseSplitter
+from pipelines.router import ModelRouter
+from pipelines.services import STTStream, chat, synthesize
+from pipelines.triton_client import TritonModelError, TritonUnavailable
+from pipelines.vad import FRAME, RATE, VadConfig, VoiceActivity
+
+log = logging.getLogger(__name__)
+_ids = itertools.count(1)
+STT_SEND_S = 0.1
+DEFAULT_INSTRUCTIONS = ("You are a friendly voice assistant. Answer in one or two short "
+                        "sentences of plain spoken English.")
+
+
+def new_id(prefix: str) -> str:
+    return f"{prefix}_{next(_ids):06d}{int(time.time() * 1000) % 100000:05d}"
+
+
+@dataclass
+class AgentConfig:
+    instructions: str = DEFAULT_INSTRUCTIONS
+    voice: str | None = None
+    language: str | None = None  # transcription language
+    tts_language: str | None = None
+    turn_detection: bool = True  # server VAD; False: the client commits
+    create_response: bool = True  # reply automatically at end of turn
+    interrupt_response: bool = True  # barge-in
+    vad: VadConfig = field(default_factory=VadConfig)
+    output_rate: int = 24000
+    respond: bool = True  # False for transcription-only sessions
+    max_output_tokens: int = 120
+    temperature: float = 0.7
+    max_history: int = 20  # messages kept besides the system prompt
+    audio_delta_ms: int = 200  # size of outbound audio pieces
+
+
+@dataclass
+class TurnTimes:
+    """Monotonic times of one turn, for latency metrics."""
+
+    speech_stopped: float | None = None
+    transcript: float | None = None
+    first_token: float | None = None
+    first_audio: float | None = None
+
+
+class _Utterance:
+    def __init__(self, item_id: str, stream: STTStream):
+        self.item_id = item_id
+        self.stream = stream
+        self.queue: asyncio.Queue[np.ndarray | None] = asyncio.Queue()
+        self.task: asyncio.Task | None = None
+        self.samples = 0
+        self.text = ""
+
+
+class VoiceAgent:
+    """One conversation. Feed audio with ``push_audio``; read frames from ``frames``."""
+
+    def __init__(self, router: ModelRouter, config: AgentConfig | None = None,
+                 on_metric: Callable[[str, float], None] | None = None):
+        self.router = router
+        self.config = config or AgentConfig()
+        self.frames: asyncio.Queue[F.Frame] = asyncio.Queue()
+        self.vad = VoiceActivity(self.config.vad)
+        self.history: list[dict] = []
+        self._prefix: deque[np.ndarray] = deque()
+        self._prefix_samples = 0
+        self._utt: _Utterance | None = None
+        self._response: asyncio.Task | None = None
+        self._response_id: str | None = None
+        self._tasks: set[asyncio.Task] = set()
+        self._last_item: str | None = None
+        self._turn = TurnTimes()
+        self._on_metric = on_metric or (lambda name, value: None)
+        self.closed = False
+
+    # -- configuration -------------------------------------------------------------------
+    def configure(self, **changes) -> None:
+        vad_changed = "vad" in changes and changes["vad"] != self.config.vad
+        self.config = replace(self.config, **changes)
+        if vad_changed:
+            self.vad = VoiceActivity(self.config.vad)
+
+    @property
+    def responding(self) -> bool:
+        return self._response is not None and not self._response.done()
+
+    # -- audio in -------------------------------------------------------------------------
+    async def push_audio(self, audio: np.ndarray) -> None:
+        """16 kHz mono float32 audio from the user, any chunk size."""
+        if self.closed:
+            return
+        if not self.config.turn_detection:
+            self._utterance().queue.put_nowait(audio)
+            return
+        # 20 ms at a time, so a start and a stop inside one large chunk both land
+        # on the right audio.
+        for i in range(0, audio.size, FRAME):
+            piece = audio[i:i + FRAME]
+            events = self.vad.feed(piece)
+            for ev in events:
+                if ev.kind == "speech_started":
+                    await self._speech_started(ev.at_ms)
+            if self._utt is not None:
+                self._utt.queue.put_nowait(piece)
+            else:
+                self._remember_prefix(piece)
+            for ev in events:
+                if ev.kind == "speech_stopped":
+                    self._speech_stopped(ev.at_ms)
+
+    def _remember_prefix(self, audio: np.ndarray) -> None:
+        self._prefix.append(audio)
+        self._prefix_samples += audio.size
+        keep = self.config.vad.prefix_padding_ms * RATE // 1000
+        while self._prefix and self._prefix_samples - self._prefix[0].size >= keep:
+            self._prefix_samples -= self._prefix.popleft().size
+
+    async def _speech_started(self, at_ms: int) -> None:
+        if self.responding and self.config.interrupt_response:
+            await self.cancel_response("turn_detected")
+        utt = self._utterance()
+        self.frames.put_nowait(F.SpeechStarted(utt.item_id, at_ms))
+        if self._prefix:
+            utt.queue.put_nowait(np.concatenate(list(self._prefix)))
+        self._prefix.clear()
+        self._prefix_samples = 0
+
+    def _speech_stopped(self, at_ms: int) -> None:
+        if self._utt is None:
+            return
+        self._turn = TurnTimes(speech_stopped=time.monotonic())
+        self.frames.put_nowait(F.SpeechStopped(self._utt.item_id, at_ms))
+        self.commit()
+
+    def _utterance(self) -> _Utterance:
+        if self._utt is None:
+            route = self.router.route("stt")
+            stt = STTStream(route.client, model=route.model, language=self.config.language)
+            self._utt = _Utterance(new_id("item"), stt)
+            self._utt.task = self._spawn(self._transcribe(self._utt))
+        return self._utt
+
+    def commit(self) -> str | None:
+        """End the current utterance (end of turn, or the client's commit)."""
+        utt, self._utt = self._utt, None
+        if utt is None:
+            return None
+        if self._turn.speech_stopped is None:
+            self._turn = TurnTimes(speech_stopped=time.monotonic())
+        self.frames.put_nowait(F.BufferCommitted(utt.item_id, self._last_item))
+        self._last_item = utt.item_id
+        utt.queue.put_nowait(None)
+        return utt.item_id
+
+    async def clear(self) -> None:
+        utt, self._utt = self._utt, None
+        if utt is not None and utt.task is not None:
+            utt.task.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await utt.task
+        self.vad.reset()
+        self.frames.put_nowait(F.BufferCleared())
+
+    async def _transcribe(self, utt: _Utterance) -> None:
+        """Send the utterance's audio to STT as it comes; emit partials and the final.
+
+        Audio is sent in pieces of at least ``STT_SEND_S`` (fewer requests), and
+        whatever queued up while a partial was being decoded goes out as one piece.
+        """
+        pending: list[np.ndarray] = []
+        pending_samples = 0
+        try:
+            while True:
+                chunk = await utt.queue.get()
+                end = chunk is None
+                if chunk is not None:
+                    pending.append(chunk)
+                    pending_samples += chunk.size
+                while not end and not utt.queue.empty():
+                    nxt = utt.queue.get_nowait()
+                    if nxt is None:
+                        end = True
+                    else:
+                        pending.append(nxt)
+                        pending_samples += nxt.size
+                if not end and pending_samples < STT_SEND_S * RATE:
+                    continue
+                data = np.concatenate(pending) if pending else np.zeros(0, np.float32)
+                pending, pending_samples = [], 0
+                utt.samples += data.size
+                for t in await utt.stream.push(data, end=end):
+                    if t.final:
+                        self._final_transcript(utt, t.text, t.details)
+                    elif t.text:
+                        delta = t.text[len(utt.text):] if t.text.startswith(utt.text) \
+                            else t.text
+                        utt.text = t.text
+                        self.frames.put_nowait(F.TranscriptDelta(utt.item_id, delta, t.text))
+                if end:
+                    return
+        except (TritonUnavailable, TritonModelError) as exc:
+            self.frames.put_nowait(F.TranscriptFailed(utt.item_id, str(exc)))
+            self.frames.put_nowait(F.ErrorFrame("transcription_failed", str(exc)))
+        finally:
+            await utt.stream.close()
+
+    def _final_transcript(self, utt: _Utterance, text: str, details: dict) -> None:
+        now = time.monotonic()
+        if self._turn.speech_stopped is not None:
+            self._turn.transcript = now
+            self._on_metric("stt_final", now - self._turn.speech_stopped)
+        self.frames.put_nowait(F.TranscriptCompleted(utt.item_id, text, details,
+                                                     utt.samples / RATE))
+        if not self.config.respond:
+            return
+        if text.strip():
+            self.add_message("user", text)
+            if self.config.create_response and self.config.turn_detection:
+                self.start_response()
+
+    # -- responses ------------------------------------------------------------------------
+    def add_message(self, role: str, text: str) -> None:
+        self.history.append({"role": role, "content": text})
+        del self.history[:-self.config.max_history]
+
+    def start_response(self, instructions: str | None = None) -> str | None:
+        """Start a reply to the conversation so far; None when one is already running."""
+        if self.responding:
+            return None
+        rid = new_id("resp")
+        self._response_id = rid
+        self._response = self._spawn(self._respond(rid, instructions))
+        return rid
+
+    async def cancel_response(self, reason: str = "client_cancelled") -> bool:
+        task = self._response
+        if task is None or task.done():
+            return False
+        task.cancel(reason)
+        with contextlib.suppress(asyncio.CancelledError, Exception):
+            await task
+        return True
+
+    async def _respond(self, rid: str, instructions: str | None) -> None:
+        item_id = new_id("item")
+        cfg = self.config
+        self.frames.put_nowait(F.ResponseStarted(rid, item_id))
+        messages = [{"role": "system", "content": instructions or cfg.instructions},
+                    *self.history]
+        spoken: list[str] = []
+        audio_samples = 0
+        clauses: asyncio.Queue[str | None] = asyncio.Queue()
+        turn = self._turn
+        llm = self.router.route("agent")
+        tts = self.router.route("tts")
+
+        async def generate() -> None:
+            splitter = ClauseSplitter()
+            gen = chat(llm.client, messages, model=llm.model,
+                       max_tokens=cfg.max_output_tokens, temperature=cfg.temperature)
+            async with contextlib.aclosing(gen):
+                async for tok in gen:
+                    if not tok.text:
+                        continue
+                    if turn.first_token is None and turn.speech_stopped is not None:
+                        turn.first_token = time.monotonic()
+                        self._on_metric("first_token", turn.first_token - turn.speech_stopped)
+                    spoken.append(tok.text)
+                    self.frames.put_nowait(F.ResponseTextDelta(rid, item_id, tok.text))
+                    for clause in splitter.push(tok.text):
+                        clauses.put_nowait(clause)
+            for clause in splitter.flush():
+                clauses.put_nowait(clause)
+
+        async def produce() -> None:
+            try:
+                await generate()
+            finally:
+                clauses.put_nowait(None)
+
+        producer = asyncio.create_task(produce())
+        status, reason = "completed", None
+        try:
+            resampler: Resampler | None = None
+            piece = cfg.output_rate * cfg.audio_delta_ms // 1000
+            while (clause := await clauses.get()) is not None:
+                gen = synthesize(tts.client, clause, model=tts.model, voice=cfg.voice,
+                                 language=cfg.tts_language)
+                async with contextlib.aclosing(gen):
+                    async for chunk in gen:
+                        if resampler is None:
+                            resampler = Resampler(chunk.sample_rate, cfg.output_rate)
+                        pcm = resampler.process(chunk.audio)
+                        if turn.first_audio is None and turn.speech_stopped is not None:
+                            turn.first_audio = time.monotonic()
+                            self._on_metric("first_audio",
+                                            turn.first_audio - turn.speech_stopped)
+                        for i in range(0, pcm.size, piece):
+                            part = pcm[i:i + piece]
+                            audio_samples += part.size
+                            self.frames.put_nowait(F.ResponseAudioDelta(
+                                rid, item_id, part.astype("<i2").tobytes(),
+                                chunk.alignment if i == 0 else None))
+            await producer  # re-raise LLM errors
+        except asyncio.CancelledError as exc:
+            status, reason = "cancelled", (exc.args[0] if exc.args else "client_cancelled")
+        except (TritonUnavailable, TritonModelError) as exc:
+            status, reason = "failed", str(exc)
+            self.frames.put_nowait(F.ErrorFrame("response_failed", str(exc)))
+        finally:
+            producer.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await producer
+            text = "".join(spoken).strip()
+            if text:
+                self.add_message("assistant", text)
+            self.frames.put_nowait(F.ResponseDone(rid, item_id, status, text, reason,
+                                                  audio_samples / cfg.output_rate))
+
+    # -- lifecycle ------------------------------------------------------------------------
+    def _spawn(self, coro) -> asyncio.Task:
+        task = asyncio.create_task(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+        return task
+
+    async def close(self) -> None:
+        """Cancel every task and Triton stream of this session."""
+        self.closed = True
+        tasks = list(self._tasks)
+        for task in tasks:
+            task.cancel()
+        for task in tasks:
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
+        if self._utt is not None:
+            await self._utt.stream.close()
+            self._utt = None
+
+    @property
+    def active_tasks(self) -> int:
+        return sum(not t.done() for t in self._tasks)
+

@@ -1,0 +1,43 @@
+"""Pick the Triton endpoint and model per use case.
+
+Realtime work (stt, tts, avatar) and heavy work (agent, multimodal, video) can
+live on different Triton servers (GPU 0 vs GPU 1 in production): each use case
+may name its own URL; one gRPC channel is shared per URL by every session.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from pipelines.triton_client import TritonClient
+
+
+@dataclass
+class Route:
+    client: TritonClient
+    model: str
+
+
+@dataclass
+class ModelRouter:
+    default_url: str
+    urls: dict[str, str] = field(default_factory=dict)  # use case -> HOST:PORT
+    models: dict[str, str] = field(default_factory=lambda: {
+        "stt": "whisper", "tts": "piper", "agent": "llm"})
+    _clients: dict[str, TritonClient] = field(default_factory=dict)
+
+    def route(self, use_case: str) -> Route:
+        url = self.urls.get(use_case) or self.default_url
+        client = self._clients.get(url)
+        if client is None:
+            client = self._clients[url] = TritonClient(url)
+        return Route(client, self.models[use_case])
+
+    def required(self) -> list[tuple[str, str]]:
+        """(url, model) pairs the voice agent needs ready."""
+        return [(self.urls.get(uc) or self.default_url, m) for uc, m in self.models.items()]
+
+    async def close(self) -> None:
+        for client in self._clients.values():
+            await client.close()
+        self._clients.clear()

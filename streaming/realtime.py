@@ -1,0 +1,498 @@
+"""The OpenAI Realtime protocol (GA event names, beta aliases) on top of the voice agent.
+
+A ``RealtimeSession`` turns client events into calls on a ``VoiceAgent`` and the
+agent's frames into server events. It knows nothing of the transport: it takes
+a ``send(event_dict)`` coroutine, so WebSocket and WebRTC data channels share it.
+See docs/protocol.md for the subset, the differences and the extensions.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import binascii
+import contextlib
+import json
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+
+from pipelines import frames as F
+from pipelines.agent import AgentConfig, VoiceAgent, new_id
+from pipelines.audio import Resampler, pcm16_to_float
+from pipelines.router import ModelRouter
+from pipelines.vad import RATE, VadConfig
+from streaming import metrics as M
+
+log = logging.getLogger(__name__)
+SUPPORTED_RATES = (16000, 24000)
+# GA name -> beta name, for clients that speak the beta protocol.
+BETA_NAMES = {
+    "response.output_audio.delta": "response.audio.delta",
+    "response.output_audio.done": "response.audio.done",
+    "response.output_audio_transcript.delta": "response.audio_transcript.delta",
+    "response.output_audio_transcript.done": "response.audio_transcript.done",
+    "response.output_text.delta": "response.text.delta",
+    "response.output_text.done": "response.text.done",
+    "conversation.item.added": "conversation.item.created",
+}
+
+
+@dataclass(frozen=True)
+class Limits:
+    max_message_bytes: int = 1 << 20  # documented maximum of one client message
+    messages_per_s: float = 200.0  # sustained; bursts up to 2 s worth
+    max_buffer_s: float = 60.0  # manual-commit audio buffer
+    max_instructions_chars: int = 8000
+    max_text_chars: int = 4000
+
+
+class ProtocolError(Exception):
+    def __init__(self, code: str, message: str, param: str | None = None,
+                 type_: str = "invalid_request_error"):
+        super().__init__(message)
+        self.code, self.message, self.param, self.type = code, message, param, type_
+
+
+class RealtimeSession:
+    def __init__(self, send: Callable[[dict], Awaitable[None]], router: ModelRouter, *,
+                 kind: str = "realtime", beta: bool = False, limits: Limits | None = None,
+                 model: str = "rtmedia-voice"):
+        self._send = send
+        self.kind = kind  # "realtime" (voice agent) or "transcription" (captions)
+        self.beta = beta
+        self.limits = limits or Limits()
+        self.model = model
+        self.id = new_id("sess")
+        self.input_rate = 24000
+        self.output_modalities = ["audio"]
+        self.configured = False
+        self._warned_unconfigured = False
+        self._resampler: Resampler | None = None
+        self._tokens = self.limits.messages_per_s * 2
+        self._last_refill = time.monotonic()
+        self._buffered_s = 0.0
+        self._audio_ms = 0.0
+        self._response_meta: dict[str, dict] = {}
+        self.agent = VoiceAgent(router, AgentConfig(respond=kind == "realtime"),
+                                on_metric=lambda stage, v: M.TURN_LATENCY.labels(stage)
+                                .observe(v))
+        self._writer: asyncio.Task | None = None
+
+    # -- lifecycle --------------------------------------------------------------------------
+    async def start(self) -> None:
+        self._writer = asyncio.create_task(self._write_frames())
+        await self.emit("session.created", session=self.describe())
+
+    async def close(self) -> None:
+        await self.agent.close()
+        if self._writer:
+            self._writer.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._writer
+
+    async def emit(self, type_: str, **fields) -> None:
+        if self.beta:
+            type_ = BETA_NAMES.get(type_, type_)
+        event = {"type": type_, "event_id": new_id("event"), **fields}
+        M.FRAMES.labels("out", type_).inc()
+        await self._send(event)
+
+    async def error(self, code: str, message: str, *, param: str | None = None,
+                    event_id: str | None = None, type_: str = "invalid_request_error") -> None:
+        M.ERRORS.labels(code).inc()
+        await self.emit("error", error={"type": type_, "code": code, "message": message,
+                                        "param": param, "event_id": event_id})
+
+    # -- inbound ------------------------------------------------------------------------------
+    async def handle(self, raw: str | bytes) -> None:
+        """One client message. Never raises for bad input: answers with an error event."""
+        event_id = None
+        try:
+            if len(raw) > self.limits.max_message_bytes:
+                raise ProtocolError("message_too_large",
+                                    f"message of {len(raw)} bytes exceeds the "
+                                    f"{self.limits.max_message_bytes}-byte maximum; send "
+                                    "audio in smaller appends")
+            if not self._take_token():
+                raise ProtocolError("rate_limited", "too many messages: at most "
+                                    f"{self.limits.messages_per_s:.0f}/s; message dropped",
+                                    type_="rate_limit_error")
+            try:
+                event = json.loads(raw)
+            except (ValueError, UnicodeDecodeError) as exc:
+                raise ProtocolError("invalid_json", f"message is not valid JSON: {exc}") \
+                    from None
+            if not isinstance(event, dict) or not isinstance(event.get("type"), str):
+                raise ProtocolError("invalid_event", 'an event is a JSON object with a "type"')
+            event_id = event.get("event_id")
+            M.FRAMES.labels("in", event["type"][:64]).inc()
+            handler = self._handlers().get(event["type"])
+            if handler is None:
+                raise ProtocolError("unknown_event", f"unknown event type {event['type']!r}",
+                                    param="type")
+            await handler(event)
+        except ProtocolError as exc:
+            await self.error(exc.code, exc.message, param=exc.param, event_id=event_id,
+                             type_=exc.type)
+
+    def _take_token(self) -> bool:
+        now = time.monotonic()
+        cap = self.limits.messages_per_s * 2
+        self._tokens = min(cap, self._tokens + (now - self._last_refill) *
+                           self.limits.messages_per_s)
+        self._last_refill = now
+        if self._tokens < 1:
+            return False
+        self._tokens -= 1
+        return True
+
+    def _handlers(self) -> dict:
+        return {
+            "session.update": self._session_update,
+            "transcription_session.update": self._session_update,
+            "input_audio_buffer.append": self._append,
+            "input_audio_buffer.commit": self._commit,
+            "input_audio_buffer.clear": self._clear,
+            "response.create": self._response_create,
+            "response.cancel": self._response_cancel,
+            "conversation.item.create": self._item_create,
+            "conversation.item.truncate": self._item_truncate,
+            "output_audio_buffer.clear": self._output_clear,
+        }
+
+    # -- session.update -------------------------------------------------------------------
+    async def _session_update(self, event: dict) -> None:
+        s = event.get("session")
+        if not isinstance(s, dict):
+            raise ProtocolError("invalid_session", "session.update needs a session object",
+                                param="session")
+        if event["type"] == "transcription_session.update" or s.get("type") == "transcription":
+            self.kind = "transcription"
+        if "modalities" in s or "input_audio_format" in s:
+            self.beta = True  # the beta shape of the session object
+        audio = s.get("audio") or {}
+        inp, out = audio.get("input") or {}, audio.get("output") or {}
+        changes: dict = {}
+        rate = self._rate(inp.get("format"), s.get("input_audio_format"), "input")
+        out_rate = self._rate(out.get("format"), s.get("output_audio_format"), "output")
+        if "instructions" in s:
+            if not isinstance(s["instructions"], str) or \
+                    len(s["instructions"]) > self.limits.max_instructions_chars:
+                raise ProtocolError("invalid_instructions", "instructions must be a string of "
+                                    f"at most {self.limits.max_instructions_chars} characters",
+                                    param="session.instructions")
+            changes["instructions"] = s["instructions"] or AgentConfig.instructions
+        voice = out.get("voice", s.get("voice"))
+        if voice is not None:
+            # OpenAI voice names (alloy, ash, ...) map to the default voice.
+            changes["voice"] = voice if voice in ("joe", "espeak") else None
+        transcription = inp.get("transcription", s.get("input_audio_transcription"))
+        if isinstance(transcription, dict) and transcription.get("language"):
+            lang = str(transcription["language"]).lower()
+            changes["language"] = lang
+            changes["tts_language"] = None if lang.startswith("en") else lang
+        td_key = "turn_detection"
+        if td_key in inp or td_key in s:
+            td = inp.get(td_key, s.get(td_key))
+            changes.update(self._turn_detection(td))
+        modalities = s.get("output_modalities", s.get("modalities"))
+        if modalities is not None:
+            if not isinstance(modalities, list) or not set(modalities) <= {"audio", "text"}:
+                raise ProtocolError("invalid_modalities", 'output_modalities must be ["audio"] '
+                                    'or ["text"]', param="session.output_modalities")
+            self.output_modalities = modalities
+        if isinstance(s.get("max_output_tokens"), int):
+            changes["max_output_tokens"] = max(1, min(1024, s["max_output_tokens"]))
+        # All checks passed: apply.
+        if rate and rate != self.input_rate:
+            self.input_rate = rate
+            self._resampler = None
+        if out_rate:
+            changes["output_rate"] = out_rate
+        changes["respond"] = self.kind == "realtime"
+        self.agent.configure(**changes)
+        self.configured = True
+        await self.emit("session.updated", session=self.describe())
+
+    def _rate(self, fmt, beta_fmt, where: str) -> int | None:
+        if isinstance(fmt, dict):
+            if fmt.get("type", "audio/pcm") != "audio/pcm":
+                raise ProtocolError("unsupported_audio_format",
+                                    f"{where} format {fmt.get('type')!r} is not supported; "
+                                    "use audio/pcm", param=f"session.audio.{where}.format")
+            rate = fmt.get("rate", 24000)
+        elif beta_fmt is not None:
+            if beta_fmt != "pcm16":
+                raise ProtocolError("unsupported_audio_format",
+                                    f"{where}_audio_format {beta_fmt!r} is not supported; "
+                                    "use pcm16", param=f"session.{where}_audio_format")
+            rate = 24000
+        else:
+            return None
+        if rate not in SUPPORTED_RATES:
+            raise ProtocolError("unsupported_sample_rate",
+                                f"{where} sample rate {rate} is not supported; use 16000 or "
+                                "24000 (PCM16 mono little-endian)",
+                                param=f"session.audio.{where}.format.rate")
+        return int(rate)
+
+    def _turn_detection(self, td) -> dict:
+        if td is None:
+            return {"turn_detection": False}
+        if not isinstance(td, dict) or td.get("type", "server_vad") not in (
+                "server_vad", "semantic_vad"):
+            raise ProtocolError("invalid_turn_detection",
+                                'turn_detection must be null or {"type": "server_vad", ...}',
+                                param="session.audio.input.turn_detection")
+        vad = self.agent.config.vad
+        threshold = td.get("threshold")
+        aggressiveness = vad.aggressiveness
+        if isinstance(threshold, int | float):
+            aggressiveness = min(3, max(0, int(float(threshold) * 4)))
+        silence = td.get("silence_duration_ms", vad.silence_ms)
+        prefix = td.get("prefix_padding_ms", vad.prefix_padding_ms)
+        if not (isinstance(silence, int) and 100 <= silence <= 5000 and
+                isinstance(prefix, int) and 0 <= prefix <= 2000):
+            raise ProtocolError("invalid_turn_detection",
+                                "silence_duration_ms must be 100..5000 and prefix_padding_ms "
+                                "0..2000", param="session.audio.input.turn_detection")
+        return {
+            "turn_detection": True,
+            "vad": VadConfig(aggressiveness, vad.start_ms, silence, prefix, vad.min_energy),
+            "create_response": bool(td.get("create_response", True)),
+            "interrupt_response": bool(td.get("interrupt_response", True)),
+        }
+
+    def describe(self) -> dict:
+        cfg = self.agent.config
+        td = None
+        if cfg.turn_detection:
+            td = {"type": "server_vad", "threshold": cfg.vad.aggressiveness / 4,
+                  "silence_duration_ms": cfg.vad.silence_ms,
+                  "prefix_padding_ms": cfg.vad.prefix_padding_ms,
+                  "create_response": cfg.create_response,
+                  "interrupt_response": cfg.interrupt_response}
+        transcription = {"model": "whisper", "language": cfg.language}
+        if self.beta:
+            return {"id": self.id, "object": "realtime.session", "model": self.model,
+                    "modalities": self.output_modalities, "instructions": cfg.instructions,
+                    "voice": cfg.voice or "joe", "input_audio_format": "pcm16",
+                    "output_audio_format": "pcm16", "turn_detection": td,
+                    "input_audio_transcription": transcription}
+        session = {
+            "id": self.id, "object": "realtime.session", "type": self.kind,
+            "audio": {"input": {"format": {"type": "audio/pcm", "rate": self.input_rate},
+                                "transcription": transcription, "turn_detection": td}},
+        }
+        if self.kind == "realtime":
+            session.update({
+                "model": self.model, "instructions": cfg.instructions,
+                "output_modalities": self.output_modalities,
+                "max_output_tokens": cfg.max_output_tokens,
+            })
+            session["audio"]["output"] = {
+                "format": {"type": "audio/pcm", "rate": cfg.output_rate},
+                "voice": cfg.voice or "joe"}
+        return session
+
+    # -- audio ------------------------------------------------------------------------------
+    async def _append(self, event: dict) -> None:
+        t0 = time.perf_counter()
+        data = event.get("audio")
+        if not isinstance(data, str):
+            raise ProtocolError("invalid_audio", "input_audio_buffer.append needs base64 "
+                                '"audio"', param="audio")
+        try:
+            pcm = base64.b64decode(data, validate=True)
+        except (binascii.Error, ValueError):
+            raise ProtocolError("invalid_base64", "audio is not valid base64",
+                                param="audio") from None
+        if len(pcm) % 2:
+            raise ProtocolError("invalid_audio", "PCM16 audio must have an even number of "
+                                "bytes", param="audio")
+        if not self.configured and not self._warned_unconfigured:
+            self._warned_unconfigured = True
+            await self.error("session_not_configured",
+                             "audio arrived before session.update: using the defaults "
+                             f"(PCM16 {self.input_rate} Hz mono, server VAD)")
+        if not self.agent.config.turn_detection:
+            self._buffered_s += len(pcm) / 2 / self.input_rate
+            if self._buffered_s > self.limits.max_buffer_s:
+                raise ProtocolError("buffer_too_large", "the input audio buffer holds more "
+                                    f"than {self.limits.max_buffer_s:.0f} s; commit or clear "
+                                    "it", param="audio")
+        audio = pcm16_to_float(pcm)
+        if self.input_rate != RATE:
+            if self._resampler is None:
+                self._resampler = Resampler(self.input_rate, RATE)
+            audio = self._resampler.process(audio)
+        M.AUDIO_SECONDS.labels("in").inc(len(pcm) / 2 / self.input_rate)
+        await self.agent.push_audio(audio)
+        M.FRAME_PROCESSING.observe(time.perf_counter() - t0)
+
+    async def _commit(self, event: dict) -> None:
+        if self.agent.config.turn_detection and not self.agent.vad.speaking:
+            raise ProtocolError("input_audio_buffer_commit_empty",
+                                "nothing to commit: the buffer is empty")
+        self._buffered_s = 0.0
+        if self.agent.commit() is None:
+            raise ProtocolError("input_audio_buffer_commit_empty",
+                                "nothing to commit: the buffer is empty")
+
+    async def _clear(self, event: dict) -> None:
+        self._buffered_s = 0.0
+        await self.agent.clear()
+
+    # -- responses ------------------------------------------------------------------------
+    async def _response_create(self, event: dict) -> None:
+        if self.kind != "realtime":
+            raise ProtocolError("not_supported", "transcription sessions do not create "
+                                "responses")
+        if self.agent.responding:
+            raise ProtocolError("conversation_already_has_active_response",
+                                "a response is in progress; cancel it first")
+        r = event.get("response") or {}
+        instructions = r.get("instructions") if isinstance(r, dict) else None
+        self.agent.start_response(instructions if isinstance(instructions, str) else None)
+
+    async def _response_cancel(self, event: dict) -> None:
+        if not await self.agent.cancel_response("client_cancelled"):
+            raise ProtocolError("response_cancel_not_active", "no response is in progress")
+
+    async def _item_create(self, event: dict) -> None:
+        item = event.get("item")
+        if not isinstance(item, dict) or item.get("type", "message") != "message":
+            raise ProtocolError("invalid_item", "only message items are supported",
+                                param="item")
+        role = item.get("role")
+        texts = [c.get("text") or c.get("transcript") or ""
+                 for c in item.get("content") or [] if isinstance(c, dict)]
+        text = " ".join(t for t in texts if isinstance(t, str)).strip()
+        if role not in ("user", "assistant", "system") or not text:
+            raise ProtocolError("invalid_item", "a message item needs a role and text content",
+                                param="item")
+        if len(text) > self.limits.max_text_chars:
+            raise ProtocolError("text_too_long", f"text exceeds {self.limits.max_text_chars} "
+                                "characters", param="item.content")
+        self.agent.add_message(role, text)
+        item_id = item.get("id") or new_id("item")
+        await self.emit("conversation.item.added", previous_item_id=None, item={
+            "id": item_id, "type": "message", "role": role, "status": "completed",
+            "content": [{"type": "input_text", "text": text}]})
+
+    async def _item_truncate(self, event: dict) -> None:
+        await self.emit("conversation.item.truncated", item_id=event.get("item_id"),
+                        content_index=event.get("content_index", 0),
+                        audio_end_ms=event.get("audio_end_ms", 0))
+
+    async def _output_clear(self, event: dict) -> None:
+        await self.agent.cancel_response("client_cancelled")
+        await self.emit("output_audio_buffer.cleared")
+
+    # -- outbound ---------------------------------------------------------------------------
+    async def _write_frames(self) -> None:
+        while True:
+            frame = await self.agent.frames.get()
+            try:
+                await self._frame(frame)
+            except (ConnectionError, RuntimeError):
+                return  # transport gone; close() cleans up
+            except Exception:
+                log.exception("failed to send %s", type(frame).__name__)
+
+    async def _frame(self, fr: F.Frame) -> None:
+        if isinstance(fr, F.SpeechStarted):
+            await self.emit("input_audio_buffer.speech_started",
+                            audio_start_ms=fr.audio_start_ms, item_id=fr.item_id)
+        elif isinstance(fr, F.SpeechStopped):
+            await self.emit("input_audio_buffer.speech_stopped",
+                            audio_end_ms=fr.audio_end_ms, item_id=fr.item_id)
+        elif isinstance(fr, F.BufferCommitted):
+            await self.emit("input_audio_buffer.committed", item_id=fr.item_id,
+                            previous_item_id=fr.previous_item_id)
+            await self.emit("conversation.item.added", previous_item_id=fr.previous_item_id,
+                            item={"id": fr.item_id, "type": "message", "role": "user",
+                                  "status": "completed",
+                                  "content": [{"type": "input_audio", "transcript": None}]})
+        elif isinstance(fr, F.BufferCleared):
+            await self.emit("input_audio_buffer.cleared")
+        elif isinstance(fr, F.TranscriptDelta):
+            await self.emit("conversation.item.input_audio_transcription.delta",
+                            item_id=fr.item_id, content_index=0, delta=fr.delta,
+                            transcript=fr.transcript)
+        elif isinstance(fr, F.TranscriptCompleted):
+            await self.emit("conversation.item.input_audio_transcription.completed",
+                            item_id=fr.item_id, content_index=0, transcript=fr.transcript,
+                            usage={"type": "duration", "seconds": round(fr.audio_s, 3)},
+                            words=[w for s in fr.details.get("segments", [])
+                                   for w in s.get("words", [])])
+        elif isinstance(fr, F.TranscriptFailed):
+            await self.emit("conversation.item.input_audio_transcription.failed",
+                            item_id=fr.item_id, content_index=0,
+                            error={"type": "transcription_error", "code": "stt_failed",
+                                   "message": fr.message})
+        elif isinstance(fr, F.ResponseStarted):
+            await self._response_started(fr)
+        elif isinstance(fr, F.ResponseTextDelta):
+            kind = "audio_transcript" if "audio" in self.output_modalities else "text"
+            await self.emit(f"response.output_{kind}.delta", response_id=fr.response_id,
+                            item_id=fr.item_id, output_index=0, content_index=0,
+                            delta=fr.delta)
+        elif isinstance(fr, F.ResponseAudioDelta):
+            if "audio" in self.output_modalities:
+                M.AUDIO_SECONDS.labels("out").inc(len(fr.pcm16) / 2 /
+                                                  self.agent.config.output_rate)
+                extra = {"alignment": fr.alignment} if fr.alignment else {}
+                await self.emit("response.output_audio.delta", response_id=fr.response_id,
+                                item_id=fr.item_id, output_index=0, content_index=0,
+                                delta=base64.b64encode(fr.pcm16).decode(), **extra)
+        elif isinstance(fr, F.ResponseDone):
+            await self._response_done(fr)
+        elif isinstance(fr, F.ErrorFrame):
+            await self.error(fr.code, fr.message, type_=fr.type)
+
+    async def _response_started(self, fr: F.ResponseStarted) -> None:
+        audio = "audio" in self.output_modalities
+        item = {"id": fr.item_id, "object": "realtime.item", "type": "message",
+                "role": "assistant", "status": "in_progress", "content": []}
+        await self.emit("response.created", response={
+            "id": fr.response_id, "object": "realtime.response", "status": "in_progress",
+            "output": [], "output_modalities": self.output_modalities})
+        await self.emit("response.output_item.added", response_id=fr.response_id,
+                        output_index=0, item=item)
+        await self.emit("conversation.item.added", previous_item_id=None, item=item)
+        part = {"type": "audio", "transcript": ""} if audio else {"type": "text", "text": ""}
+        await self.emit("response.content_part.added", response_id=fr.response_id,
+                        item_id=fr.item_id, output_index=0, content_index=0, part=part)
+
+    async def _response_done(self, fr: F.ResponseDone) -> None:
+        audio = "audio" in self.output_modalities
+        ids = {"response_id": fr.response_id, "item_id": fr.item_id, "output_index": 0,
+               "content_index": 0}
+        if audio:
+            await self.emit("response.output_audio.done", **ids)
+            await self.emit("response.output_audio_transcript.done", transcript=fr.transcript,
+                            **ids)
+            part = {"type": "audio", "transcript": fr.transcript}
+        else:
+            await self.emit("response.output_text.done", text=fr.transcript, **ids)
+            part = {"type": "text", "text": fr.transcript}
+        await self.emit("response.content_part.done", part=part, **ids)
+        status = "completed" if fr.status == "completed" else "incomplete"
+        item = {"id": fr.item_id, "object": "realtime.item", "type": "message",
+                "role": "assistant", "status": status, "content": [part]}
+        await self.emit("response.output_item.done", response_id=fr.response_id,
+                        output_index=0, item=item)
+        details = None
+        if fr.status == "cancelled":
+            details = {"type": "cancelled", "reason": fr.reason}
+        elif fr.status == "failed":
+            details = {"type": "failed", "error": {"type": "server_error",
+                                                   "message": fr.reason}}
+        await self.emit("response.done", response={
+            "id": fr.response_id, "object": "realtime.response", "status": fr.status,
+            "status_details": details, "output": [item],
+            "output_modalities": self.output_modalities,
+            "audio_s": round(fr.audio_s, 3)})
