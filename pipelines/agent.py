@@ -56,6 +56,7 @@ class AgentConfig:
     respond: bool = True  # False for transcription-only sessions
     max_output_tokens: int = 120
     temperature: float = 0.7
+    seed: int | None = None  # fixed sampling (tests, reproducible demos)
     max_history: int = 20  # messages kept besides the system prompt
     audio_delta_ms: int = 200  # size of outbound audio pieces
 
@@ -144,10 +145,10 @@ class VoiceAgent:
             self._prefix_samples -= self._prefix.popleft().size
 
     async def _speech_started(self, at_ms: int) -> None:
-        if self.responding and self.config.interrupt_response:
-            await self.cancel_response("turn_detected")
         utt = self._utterance()
         self.frames.put_nowait(F.SpeechStarted(utt.item_id, at_ms))
+        if self.responding and self.config.interrupt_response:
+            await self.cancel_response("turn_detected")  # barge-in
         if self._prefix:
             utt.queue.put_nowait(np.concatenate(list(self._prefix)))
         self._prefix.clear()
@@ -285,7 +286,8 @@ class VoiceAgent:
         async def generate() -> None:
             splitter = ClauseSplitter()
             gen = chat(llm.client, messages, model=llm.model,
-                       max_tokens=cfg.max_output_tokens, temperature=cfg.temperature)
+                       max_tokens=cfg.max_output_tokens, temperature=cfg.temperature,
+                       seed=cfg.seed)
             async with contextlib.aclosing(gen):
                 async for tok in gen:
                     if not tok.text:

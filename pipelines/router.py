@@ -37,6 +37,9 @@ class ModelRouter:
         """(url, model) pairs the voice agent needs ready."""
         return [(self.urls.get(uc) or self.default_url, m) for uc, m in self.models.items()]
 
+    def open_streams(self) -> int:
+        return sum(len(c.open_streams) for c in self._clients.values())
+
     async def close(self) -> None:
         for client in self._clients.values():
             await client.close()

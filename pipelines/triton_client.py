@@ -117,7 +117,11 @@ class TritonStream:
 
     _ids = itertools.count(1)
 
-    def __init__(self, stub: service_pb2_grpc.GRPCInferenceServiceStub, timeout: float | None):
+    def __init__(self, stub: service_pb2_grpc.GRPCInferenceServiceStub, timeout: float | None,
+                 registry: set | None = None):
+        self._registry = registry
+        if registry is not None:
+            registry.add(self)
         self._outbox: asyncio.Queue = asyncio.Queue()
         self._pending: dict[str, asyncio.Queue] = {}
         self._call = stub.ModelStreamInfer(self._requests(), timeout=timeout)
@@ -184,6 +188,8 @@ class TritonStream:
 
     async def close(self) -> None:
         """Cancel the stream: Triton cancels every request still running on it."""
+        if self._registry is not None:
+            self._registry.discard(self)
         self._call.cancel()
         self._outbox.put_nowait(_DONE)
         self._reader.cancel()
@@ -217,9 +223,10 @@ class TritonClient:
             ("grpc.keepalive_permit_without_calls", 1),
         ])
         self._stub = service_pb2_grpc.GRPCInferenceServiceStub(self._channel)
+        self.open_streams: set[TritonStream] = set()  # leak checks and metrics
 
     def stream(self, timeout: float | None = None) -> TritonStream:
-        return TritonStream(self._stub, timeout)
+        return TritonStream(self._stub, timeout, self.open_streams)
 
     async def _unary(self, method: str, request, timeout: float = 5.0):
         try:

@@ -29,3 +29,5 @@ FRAME_PROCESSING = Histogram(
     "rtmedia_inbound_audio_processing_seconds",
     "Server time spent on one inbound audio message (decode, resample, VAD, queue)",
     buckets=_FRAME_BUCKETS, registry=REGISTRY)
+TRITON_STREAMS = Gauge("rtmedia_triton_streams_open",
+                       "gRPC streams open to Triton (all sessions)", registry=REGISTRY)

@@ -203,6 +203,10 @@ class RealtimeSession:
                 raise ProtocolError("invalid_modalities", 'output_modalities must be ["audio"] '
                                     'or ["text"]', param="session.output_modalities")
             self.output_modalities = modalities
+        if isinstance(s.get("temperature"), int | float):
+            changes["temperature"] = float(min(2.0, max(0.0, s["temperature"])))
+        if isinstance(s.get("seed"), int):  # extension
+            changes["seed"] = s["seed"]
         if isinstance(s.get("max_output_tokens"), int):
             changes["max_output_tokens"] = max(1, min(1024, s["max_output_tokens"]))
         # All checks passed: apply.

@@ -52,11 +52,15 @@ def create_app(settings: Settings, router: ModelRouter | None = None) -> web.App
     app.router.add_get("/readyz", readyz)
     app.router.add_get("/metrics", metrics)
     if WEB_DEMO.is_dir():
-        app.router.add_get("/", lambda _r: web.HTTPFound("/index.html"))
+        app.router.add_get("/", index)
         app.router.add_static("/", WEB_DEMO, show_index=False)
     app.on_shutdown.append(_close_sessions)
     app.on_cleanup.append(lambda a: a[ROUTER].close())
     return app
+
+
+async def index(request: web.Request) -> web.Response:
+    raise web.HTTPFound("/index.html")
 
 
 async def healthz(request: web.Request) -> web.Response:
@@ -76,6 +80,7 @@ async def readyz(request: web.Request) -> web.Response:
 
 
 async def metrics(request: web.Request) -> web.Response:
+    M.TRITON_STREAMS.set(request.app[ROUTER].open_streams())
     body = generate_latest(M.REGISTRY)
     return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
 

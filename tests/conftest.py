@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import socket
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 
@@ -66,3 +67,23 @@ async def client(triton):
     c = TritonClient(triton.grpc_url)
     yield c
     await c.close()
+
+
+@pytest.fixture(scope="session")
+async def media_server(triton, triton_settings):
+    """The media server app on a free loopback port, talking to the shared Triton."""
+    from aiohttp import web
+
+    from streaming.server import create_app
+
+    settings = triton_settings.replace(port=free_port(), triton_url=triton.grpc_url,
+                                       max_sessions=4)
+    app = create_app(settings)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", settings.port)
+    await site.start()
+    yield SimpleNamespace(app=app, settings=settings,
+                          url=f"ws://127.0.0.1:{settings.port}/v1/realtime",
+                          http=f"http://127.0.0.1:{settings.port}")
+    await runner.cleanup()
