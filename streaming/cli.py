@@ -430,15 +430,21 @@ def build_parser() -> argparse.ArgumentParser:
                                                                        required=True)
     bench.add_parser("models", help="per-model latency/throughput over gRPC streaming "
                                     "(rtmedia bench models --help)")
+    bench.add_parser("agent", help="voice agent and captions end to end over WebSocket "
+                                   "(rtmedia bench agent --help)")
     return p
 
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
-    if argv[:2] == ["bench", "models"]:  # the benchmark owns its options
+    if argv[:2] == ["bench", "models"]:  # the benchmarks own their options
         from bench.models import main as bench_main
 
         return bench_main(argv[2:])
+    if argv[:2] == ["bench", "agent"]:
+        from bench.agent import main as bench_agent
+
+        return bench_agent(argv[2:])
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)
