@@ -169,6 +169,16 @@ def cmd_triton_render(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_avatar_prepare(args: argparse.Namespace) -> int:
+    from streaming.avatar_prepare import prepare
+
+    store = ModelStore(_settings(args).models_dir)
+    name = args.name or Path(args.photo).stem.lower().replace(" ", "-")
+    folder = prepare(store, Path(args.photo), name)
+    print(f"avatar {name!r} ready in {folder} (use it with AVATAR={name})")
+    return 0
+
+
 # -- media server -----------------------------------------------------------------------------
 def cmd_up(args: argparse.Namespace) -> int:
     """Local Triton (unless --triton-url) + the media server, until Ctrl-C/SIGTERM."""
@@ -399,6 +409,13 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--out", required=True)
     sp.add_argument("--placement")
     sp.set_defaults(func=cmd_triton_render)
+
+    avatar = sub.add_parser("avatar", help="talking-head avatars").add_subparsers(
+        dest="avatar_command", required=True)
+    sp = store_arg(avatar.add_parser("prepare", help="make an avatar from a photo"))
+    sp.add_argument("photo")
+    sp.add_argument("--name", help="avatar name (default: the file name)")
+    sp.set_defaults(func=cmd_avatar_prepare)
 
     sp = store_arg(sub.add_parser("up", help="Triton + the media server + the web demo"))
     sp.add_argument("--host", help="media server address (default 127.0.0.1)")
