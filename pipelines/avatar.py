@@ -174,13 +174,13 @@ class Avatar:
     def frame(self, t: float, openness: float = 0.0, width_class: int = 1) -> np.ndarray:
         """The frame at stream time ``t`` (blinks and head motion) with this mouth."""
         out = self.portrait.copy()
-        level = int(round(np.clip(openness, 0, 1) * (LEVELS - 1)))
+        level = round(np.clip(openness, 0, 1) * (LEVELS - 1))
         out[self.my0:self.my1, self.mx0:self.mx1] = self.sprites[width_class][level]
         if blinking(t):
             for ys, xs, patch in self.closed_eyes:
                 out[ys, xs] = patch
-        dx = int(round(2 * math.sin(t * 0.9) + math.sin(t * 2.3)))
-        dy = int(round(1.5 * math.sin(t * 0.7 + 1.0)))
+        dx = round(2 * math.sin(t * 0.9) + math.sin(t * 2.3))
+        dy = round(1.5 * math.sin(t * 0.7 + 1.0))
         if dx or dy:
             out = np.roll(out, (dy, dx), axis=(0, 1))
         return out
@@ -203,12 +203,12 @@ def viseme_track(phonemes: list, duration_s: float, fps: int = FPS,
     The mouth moves slightly before the sound (``lead_s``), as a speaker's does; each
     frame blends towards its target so shapes do not flicker.
     """
-    n = max(1, int(math.ceil(duration_s * fps)))
+    n = max(1, math.ceil(duration_s * fps))
     targets = [(0.0, 1)] * n
     for ph, start, end in phonemes:
         shape = _OPEN.get(ph[:1], (0.3, 1)) if ph.strip() else (0.0, 1)
         f0 = int(max(0, (start - lead_s)) * fps)
-        f1 = max(f0 + 1, int(math.ceil(max(0, end - lead_s) * fps)))
+        f1 = max(f0 + 1, math.ceil(max(0, end - lead_s) * fps))
         for f in range(f0, min(f1, n)):
             targets[f] = shape
     out, cur = [], 0.0
@@ -221,7 +221,7 @@ def viseme_track(phonemes: list, duration_s: float, fps: int = FPS,
 def energy_track(audio: np.ndarray, rate: int, fps: int = FPS) -> list[tuple[float, int]]:
     """(openness, width) per frame from the audio envelope, when no phonemes are known."""
     step = rate // fps
-    n = max(1, int(math.ceil(audio.size / step)))
+    n = max(1, math.ceil(audio.size / step))
     x = audio.astype(np.float32) / (32768.0 if audio.dtype == np.int16 else 1.0)
     rms = np.array([np.sqrt(np.mean(x[i * step:(i + 1) * step] ** 2) + 1e-12)
                     for i in range(n)])

@@ -42,7 +42,7 @@ class TritonPythonModel:
                 self.wav2lip = Wav2LipRenderer(ckpts[0], device="cuda" if gpu else "cpu")
             except ImportError as exc:  # torch missing: the sprite renderer still works
                 if renderer == "wav2lip":
-                    raise pb_utils.TritonModelException(f"wav2lip needs torch: {exc}")
+                    raise pb_utils.TritonModelException(f"wav2lip needs torch: {exc}") from None
         self.renderer = "wav2lip" if self.wav2lip else "sprites"
 
     def _avatar(self, name: str):
