@@ -59,6 +59,9 @@ class AgentConfig:
     seed: int | None = None  # fixed sampling (tests, reproducible demos)
     max_history: int = 20  # messages kept besides the system prompt
     audio_delta_ms: int = 200  # size of outbound audio pieces
+    # "deltas": audio in audio_delta_ms pieces (WebSocket); "chunks": one frame per TTS
+    # piece with its alignment (WebRTC tracks and the avatar)
+    audio_mode: str = "deltas"
 
 
 @dataclass
@@ -325,6 +328,12 @@ class VoiceAgent:
                             turn.first_audio = time.monotonic()
                             self._on_metric("first_audio",
                                             turn.first_audio - turn.speech_stopped)
+                        if cfg.audio_mode == "chunks":
+                            self.frames.put_nowait(F.ResponseAudioChunk(
+                                rid, item_id, pcm.astype("<i2").tobytes(), chunk.alignment,
+                                audio_samples / cfg.output_rate))
+                            audio_samples += pcm.size
+                            continue
                         for i in range(0, pcm.size, piece):
                             part = pcm[i:i + piece]
                             audio_samples += part.size

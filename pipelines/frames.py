@@ -82,6 +82,17 @@ class ResponseAudioDelta(Frame):
 
 
 @dataclass
+class ResponseAudioChunk(Frame):
+    """One whole TTS piece (for media tracks and the avatar), instead of deltas."""
+
+    response_id: str
+    item_id: str
+    pcm16: bytes  # at the session's output rate
+    alignment: dict
+    offset_s: float  # where this piece starts in the reply's audio
+
+
+@dataclass
 class ResponseDone(Frame):
     response_id: str
     item_id: str

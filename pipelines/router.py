@@ -23,7 +23,7 @@ class ModelRouter:
     default_url: str
     urls: dict[str, str] = field(default_factory=dict)  # use case -> HOST:PORT
     models: dict[str, str] = field(default_factory=lambda: {
-        "stt": "whisper", "tts": "piper", "agent": "llm"})
+        "stt": "whisper", "tts": "piper", "agent": "llm", "avatar": "avatar"})
     _clients: dict[str, TritonClient] = field(default_factory=dict)
 
     def route(self, use_case: str) -> Route:
@@ -32,10 +32,6 @@ class ModelRouter:
         if client is None:
             client = self._clients[url] = TritonClient(url)
         return Route(client, self.models[use_case])
-
-    def required(self) -> list[tuple[str, str]]:
-        """(url, model) pairs the voice agent needs ready."""
-        return [(self.urls.get(uc) or self.default_url, m) for uc, m in self.models.items()]
 
     def open_streams(self) -> int:
         return sum(len(c.open_streams) for c in self._clients.values())

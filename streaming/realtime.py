@@ -16,7 +16,8 @@ import json
 import logging
 import time
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
+from typing import Protocol
 
 from pipelines import frames as F
 from pipelines.agent import AgentConfig, VoiceAgent, new_id
@@ -48,6 +49,16 @@ class Limits:
     max_text_chars: int = 4000
 
 
+class MediaSink(Protocol):
+    """Where reply audio goes when it does not travel in events (WebRTC tracks)."""
+
+    rate: int
+
+    async def play(self, chunk: F.ResponseAudioChunk) -> None: ...
+
+    def interrupt(self) -> None: ...
+
+
 class ProtocolError(Exception):
     def __init__(self, code: str, message: str, param: str | None = None,
                  type_: str = "invalid_request_error"):
@@ -58,8 +69,10 @@ class ProtocolError(Exception):
 class RealtimeSession:
     def __init__(self, send: Callable[[dict], Awaitable[None]], router: ModelRouter, *,
                  kind: str = "realtime", beta: bool = False, limits: Limits | None = None,
-                 model: str = "rtmedia-voice"):
+                 model: str = "rtmedia-voice", media: MediaSink | None = None):
         self._send = send
+        # WebRTC: reply audio goes to media tracks (with avatar frames), not to events
+        self.media = media
         self.kind = kind  # "realtime" (voice agent) or "transcription" (captions)
         self.beta = beta
         self.limits = limits or Limits()
@@ -75,7 +88,10 @@ class RealtimeSession:
         self._buffered_s = 0.0
         self._audio_ms = 0.0
         self._response_meta: dict[str, dict] = {}
-        self.agent = VoiceAgent(router, AgentConfig(respond=kind == "realtime"),
+        config = AgentConfig(respond=kind == "realtime")
+        if media is not None:
+            config = replace(config, audio_mode="chunks", output_rate=media.rate)
+        self.agent = VoiceAgent(router, config,
                                 on_metric=lambda stage, v: M.TURN_LATENCY.labels(stage)
                                 .observe(v))
         self._writer: asyncio.Task | None = None
@@ -213,7 +229,7 @@ class RealtimeSession:
         if rate and rate != self.input_rate:
             self.input_rate = rate
             self._resampler = None
-        if out_rate:
+        if out_rate and self.media is None:  # WebRTC tracks have their own rate
             changes["output_rate"] = out_rate
         changes["respond"] = self.kind == "realtime"
         self.agent.configure(**changes)
@@ -452,7 +468,14 @@ class RealtimeSession:
                 await self.emit("response.output_audio.delta", response_id=fr.response_id,
                                 item_id=fr.item_id, output_index=0, content_index=0,
                                 delta=base64.b64encode(fr.pcm16).decode(), **extra)
+        elif isinstance(fr, F.ResponseAudioChunk):
+            if self.media is not None and "audio" in self.output_modalities:
+                M.AUDIO_SECONDS.labels("out").inc(len(fr.pcm16) / 2 / self.media.rate)
+                await self.media.play(fr)
         elif isinstance(fr, F.ResponseDone):
+            if self.media is not None and fr.status != "completed":
+                self.media.interrupt()
+                await self.emit("output_audio_buffer.cleared", response_id=fr.response_id)
             await self._response_done(fr)
         elif isinstance(fr, F.ErrorFrame):
             await self.error(fr.code, fr.message, type_=fr.type)

@@ -34,12 +34,14 @@ HARD_MESSAGE_CAP = 16 << 20
 ROUTER = web.AppKey("router", ModelRouter)
 SETTINGS = web.AppKey("settings", Settings)
 SESSIONS = web.AppKey("sessions", set)
+AVATAR = web.AppKey("avatar", object)
 
 
 def make_router(settings: Settings) -> ModelRouter:
     url = settings.triton_url or f"{settings.triton_host}:{settings.triton_grpc_port}"
     return ModelRouter(url, dict(settings.triton_urls), {
-        "stt": settings.stt_model, "tts": settings.tts_model, "agent": settings.llm_model})
+        "stt": settings.stt_model, "tts": settings.tts_model, "agent": settings.llm_model,
+        "avatar": settings.avatar_model})
 
 
 def create_app(settings: Settings, router: ModelRouter | None = None) -> web.Application:
@@ -48,12 +50,15 @@ def create_app(settings: Settings, router: ModelRouter | None = None) -> web.App
     app[ROUTER] = router or make_router(settings)
     app[SESSIONS] = set()
     app.router.add_get("/v1/realtime", realtime_ws)
+    app.router.add_post("/v1/realtime/calls", realtime_call)
+    app.router.add_get("/v1/config", client_config)
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readyz)
     app.router.add_get("/metrics", metrics)
     if WEB_DEMO.is_dir():
         app.router.add_get("/", index)
         app.router.add_static("/", WEB_DEMO, show_index=False)
+    app.on_startup.append(_load_avatar)
     app.on_shutdown.append(_close_sessions)
     app.on_cleanup.append(lambda a: a[ROUTER].close())
     return app
@@ -163,6 +168,93 @@ async def realtime_ws(request: web.Request) -> web.StreamResponse:
             with contextlib.suppress(Exception):
                 await ws.close()
     return ws
+
+
+async def _load_avatar(app: web.Application) -> None:
+    """The avatar for WebRTC sessions, loaded once from the model store at start-up."""
+    from streaming.webrtc import load_avatar
+
+    settings: Settings = app[SETTINGS]
+    try:
+        app[AVATAR] = load_avatar(settings.models_dir, settings.avatar_name)
+    except FileNotFoundError as exc:
+        log.warning("WebRTC avatar sessions unavailable: %s", exc)
+        app[AVATAR] = None
+
+
+def _avatar(app: web.Application):
+    return app.get(AVATAR)
+
+
+async def client_config(request: web.Request) -> web.Response:
+    """What the web pages need to know: ICE servers, the avatar and its mouth area."""
+    settings: Settings = request.app[SETTINGS]
+    avatar = _avatar(request.app)
+    return web.json_response({
+        "ice_servers": settings.ice_servers, "avatar": settings.avatar_name,
+        "mouth": list(avatar.mouth_region()) if avatar else None})
+
+
+async def realtime_call(request: web.Request) -> web.Response:
+    """WebRTC: POST an SDP offer (application/sdp, or JSON {"sdp": ...}), get the answer.
+
+    The client opens a data channel (any label; OpenAI uses "oai-events") for the
+    protocol events; reply audio and the avatar video come as media tracks."""
+    from streaming.webrtc import WebRTCSession
+
+    settings: Settings = request.app[SETTINGS]
+    sessions: set = request.app[SESSIONS]
+    if not _authorized(request, settings):
+        return web.json_response({"error": {"code": "invalid_api_key",
+                                            "message": "missing or wrong API key"}}, status=401)
+    body = await request.text()
+    as_json = request.content_type == "application/json"
+    if as_json:
+        try:
+            body = json.loads(body)["sdp"]
+        except (ValueError, KeyError, TypeError):
+            return web.json_response({"error": {"code": "invalid_offer", "message":
+                                                'expected {"sdp": "...", "type": "offer"}'}},
+                                     status=400)
+    if "m=" not in body:
+        return web.json_response({"error": {"code": "invalid_offer",
+                                            "message": "the body is not an SDP offer"}},
+                                 status=400)
+    if len(sessions) >= settings.max_sessions:
+        M.SESSIONS_REFUSED.inc()
+        M.ERRORS.labels("session_limit").inc()
+        return web.json_response({"error": {"code": "session_limit", "message":
+                                            f"the server is at its limit of "
+                                            f"{settings.max_sessions} sessions"}}, status=503)
+    avatar = _avatar(request.app)
+    if avatar is None:
+        return web.json_response({"error": {"code": "avatar_missing", "message":
+                                            f"no avatar {settings.avatar_name!r} in the model "
+                                            "store; run `rtmedia models install-defaults`"}},
+                                 status=503)
+    kind = "transcription" if request.query.get("intent") == "transcription" else "realtime"
+
+    def closed(s) -> None:
+        sessions.discard(s)
+        M.SESSIONS_ACTIVE.labels("webrtc").dec()
+
+    rtc = WebRTCSession(request.app[ROUTER], avatar, settings.avatar_name, kind=kind,
+                        ice_servers=settings.ice_servers,
+                        limits=Limits(max_message_bytes=settings.max_message_bytes),
+                        on_closed=closed)
+    rtc.media.video.audio_lead_s = settings.av_audio_lead_ms / 1000
+    sessions.add(rtc)
+    M.SESSIONS_ACTIVE.labels("webrtc").inc()
+    M.SESSIONS_TOTAL.labels("webrtc").inc()
+    try:
+        answer = await rtc.answer(body)
+    except Exception as exc:
+        await rtc.close()
+        return web.json_response({"error": {"code": "invalid_offer", "message": str(exc)}},
+                                 status=400)
+    if as_json:
+        return web.json_response({"sdp": answer, "type": "answer"}, status=201)
+    return web.Response(text=answer, status=201, content_type="application/sdp")
 
 
 async def _close_sessions(app: web.Application) -> None:

@@ -6,6 +6,7 @@ Triton container and other tools); everything else uses the prefix.
 
 from __future__ import annotations
 
+import json
 import os
 from dataclasses import dataclass, field, fields
 from pathlib import Path
@@ -48,6 +49,12 @@ class Settings:
     idle_timeout_s: float = 120.0
     max_message_bytes: int = 1 << 20
     api_key: str | None = None
+    avatar_model: str = "avatar"
+    avatar_name: str = "astronaut"
+    # JSON list of RTCIceServer dicts, e.g. [{"urls": "stun:stun.example.org:3478"}]
+    ice_servers: list = field(default_factory=list)
+    # extra audio buffering of the receiver vs video, subtracted from the lip-sync position
+    av_audio_lead_ms: float = 0.0
 
     @classmethod
     def from_env(cls) -> Settings:
@@ -75,6 +82,10 @@ class Settings:
             idle_timeout_s=float(_env("IDLE_TIMEOUT_S", "120")),
             max_message_bytes=int(_env("MAX_MESSAGE_BYTES", str(1 << 20))),
             api_key=_env("API_KEY", "") or None,
+            avatar_model=_env("AVATAR_MODEL", "avatar"),
+            avatar_name=_env("AVATAR", "astronaut"),
+            ice_servers=json.loads(_env("ICE_SERVERS", "[]")),
+            av_audio_lead_ms=float(_env("AV_AUDIO_LEAD_MS", "0")),
         )
 
     def replace(self, **changes: object) -> Settings:

@@ -17,7 +17,7 @@ from streaming.triton_server import TritonServer
 
 ARTIFACTS = Path(__file__).resolve().parent.parent / "test-artifacts"
 # The models the shared server loads; whisper_base is loaded/unloaded by a test.
-SESSION_MODELS = ["whisper", "piper", "llm"]
+SESSION_MODELS = ["whisper", "piper", "llm", "avatar"]
 
 
 def free_port() -> int:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -50,6 +51,35 @@ def short_window_model(base):
             return super().encode(features)
 
     return ShortWindowWhisper
+
+
+_SENTENCE = re.compile(r"(?<=[.!?])\s+")
+
+
+def _norm(text: str) -> str:
+    return re.sub(r"[^a-z0-9 ]", "", text.lower()).strip()
+
+
+def drop_repeats(text: str) -> str:
+    """Remove a sentence that merely repeats the one before it: Whisper's typical
+    hallucination when a window ends in silence."""
+    out: list[str] = []
+    for sentence in _SENTENCE.split(text.strip()):
+        if sentence and (not out or _norm(sentence) != _norm(out[-1])):
+            out.append(sentence)
+    return " ".join(out)
+
+
+def clean_segments(segments, duration_s: float) -> list:
+    """Drop segments that start after the audio ends or repeat the previous one."""
+    out = []
+    for seg in segments:
+        if seg.start >= duration_s - 0.05 or not _norm(seg.text):
+            continue
+        if out and _norm(seg.text) == _norm(out[-1].text):
+            continue
+        out.append(seg)
+    return out
 
 
 def _param(args_cfg: dict, key: str, default: str) -> str:
@@ -167,7 +197,7 @@ class TritonPythonModel:
             without_timestamps=True, condition_on_previous_text=False,
             max_new_tokens=self._token_budget(state.audio.size),
         )
-        return " ".join(s.text.strip() for s in segments).strip()
+        return drop_repeats(" ".join(s.text.strip() for s in segments))
 
     def _segments(self, state: StreamState, audio: np.ndarray):
         self._fit_encoder(audio.size)
@@ -176,7 +206,7 @@ class TritonPythonModel:
             temperature=0.0, word_timestamps=True, condition_on_previous_text=False,
             max_new_tokens=min(440, self._token_budget(audio.size)),
         )
-        return list(segments), info
+        return clean_segments(segments, audio.size / SAMPLE_RATE), info
 
     def _final(self, state: StreamState, audio: np.ndarray) -> tuple[str, dict]:
         if audio.size < SAMPLE_RATE // 10:
@@ -187,7 +217,8 @@ class TritonPythonModel:
     def _describe(self, state, segments, info, n_samples) -> tuple[str, dict]:
         off = state.offset_s
         segs = [{
-            "start": round(off + s.start, 3), "end": round(off + s.end, 3), "text": s.text.strip(),
+            "start": round(off + s.start, 3), "end": round(off + s.end, 3),
+            "text": drop_repeats(s.text),
             "words": [{"word": w.word.strip(), "start": round(off + w.start, 3),
                        "end": round(off + w.end, 3), "p": round(w.probability, 3)}
                       for w in (s.words or [])],
