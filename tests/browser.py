@@ -44,7 +44,8 @@ class Browser:
                 "--window-size=1100,800", "about:blank"]
         if self.mic_wav:
             args.insert(-1, f"--use-file-for-fake-audio-capture={self.mic_wav}%noloop")
-        self.proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        self.proc = subprocess.Popen(  # noqa: ASYNC220 - starting a daemon, not waiting
+            args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         deadline = time.monotonic() + 30
         targets = None
         while time.monotonic() < deadline:
@@ -104,7 +105,7 @@ class Browser:
 
     async def screenshot(self, path: Path) -> Path:
         data = await self.send("Page.captureScreenshot", {"format": "png"})
-        path.write_bytes(base64.b64decode(data["data"]))
+        await asyncio.to_thread(path.write_bytes, base64.b64decode(data["data"]))
         return path
 
     async def close(self) -> None:
