@@ -5,7 +5,7 @@
 Without --url it starts a local Triton and the media server (as a separate
 process, like production) and stops them afterwards. Audio is streamed at real
 time pace, as a microphone would. Figures:
-  (a) end of user speech (last speech sample sent) -> first reply audio at the client
+  (a) end of user speech (the last voiced sample sent) -> first reply audio at the client
   (b) caption lag: a word's end time in the audio -> the first partial caption holding it
   (c) the server's own processing time per inbound audio message (from /metrics)
   (d) concurrent caption sessions held at real-time pace before the lag grows
@@ -40,6 +40,13 @@ CAPTION_TEXT = ("Streaming captions should follow the speaker closely, word by w
                 "that people who read them never fall behind the conversation.")
 
 
+def last_voiced(audio: np.ndarray, level: float = 0.02) -> int:
+    """Index just after the last loud sample: espeak-ng ends its speech with ~350 ms of
+    silence, which must not count as speech."""
+    loud = np.nonzero(np.abs(audio) > level)[0]
+    return int(loud[-1]) + 1 if loud.size else audio.size
+
+
 def pct(xs: list[float], q: float) -> float:
     return float(np.percentile(xs, q)) if xs else float("nan")
 
@@ -63,7 +70,7 @@ async def agent_turn(url: str, question: np.ndarray, rate: int) -> float | None:
         lead = np.zeros(int(0.3 * rate), np.float32)
         tail = np.zeros(int(2.0 * rate), np.float32)
         t_start = time.monotonic()
-        speech_end = t_start + (lead.size + question.size) / rate
+        speech_end = t_start + (lead.size + last_voiced(question)) / rate
         sender = asyncio.create_task(client.stream_audio(
             np.concatenate([lead, question, tail]), rate, pace=1.0))
         first = None
@@ -111,7 +118,7 @@ async def caption_run(url: str, audio: np.ndarray, rate: int = 16000) -> dict:
             word_end = t0 + lead / rate + w["end"]
             seen = next((t for t, n in partials if n >= k and t >= word_end), None)
             lags.append((seen or final.t) - word_end)
-    speech_end = t0 + (lead + audio.size) / rate
+    speech_end = t0 + (lead + last_voiced(audio)) / rate
     return {"word_lags": lags,
             "final_lag": (final.t - speech_end) if final is not None else None}
 

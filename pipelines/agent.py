@@ -82,6 +82,20 @@ class _Utterance:
         self.task: asyncio.Task | None = None
         self.samples = 0
         self.text = ""
+        self.audio: list[np.ndarray] = []  # everything heard, to restart after a pause
+        self.ended = False  # END sent to STT (commit, or a speculative end of turn)
+        self.speculative = False  # ended on a pause that silence has not confirmed yet
+        self.confirmed = False
+        self.final: tuple[str, dict] | None = None  # held while speculative
+
+
+class _Hold:
+    """Frames of a speculative response, kept back until the end of turn is confirmed."""
+
+    def __init__(self) -> None:
+        self.released = False
+        self.frames: list[F.Frame] = []
+        self.reply_text: str | None = None  # set when the reply finished while held
 
 
 class VoiceAgent:
@@ -102,6 +116,7 @@ class VoiceAgent:
         self._tasks: set[asyncio.Task] = set()
         self._last_item: str | None = None
         self._turn = TurnTimes()
+        self._hold: _Hold | None = None
         self._on_metric = on_metric or (lambda name, value: None)
         self.closed = False
 
@@ -132,12 +147,19 @@ class VoiceAgent:
             for ev in events:
                 if ev.kind == "speech_started":
                     await self._speech_started(ev.at_ms)
-            if self._utt is not None:
-                self._utt.queue.put_nowait(piece)
+                elif ev.kind == "speech_resumed":
+                    await self._speech_resumed()
+            utt = self._utt
+            if utt is not None:
+                utt.audio.append(piece)
+                if not utt.ended:
+                    utt.queue.put_nowait(piece)
             else:
                 self._remember_prefix(piece)
             for ev in events:
-                if ev.kind == "speech_stopped":
+                if ev.kind == "speech_paused":
+                    self._speech_paused()
+                elif ev.kind == "speech_stopped":
                     self._speech_stopped(ev.at_ms)
 
     def _remember_prefix(self, audio: np.ndarray) -> None:
@@ -153,15 +175,51 @@ class VoiceAgent:
         if self.responding and self.config.interrupt_response:
             await self.cancel_response("turn_detected")  # barge-in
         if self._prefix:
-            utt.queue.put_nowait(np.concatenate(list(self._prefix)))
+            prefix = np.concatenate(list(self._prefix))
+            utt.audio.append(prefix)
+            utt.queue.put_nowait(prefix)
         self._prefix.clear()
         self._prefix_samples = 0
 
+    @property
+    def _speculates(self) -> bool:
+        cfg = self.config
+        return cfg.respond and cfg.create_response and cfg.turn_detection
+
+    def _speech_paused(self) -> None:
+        """A pause that may be the end of the turn: finish the transcript and start the
+        reply now, holding its output back until the silence is long enough."""
+        utt = self._utt
+        if utt is None or utt.ended or not self._speculates or self.responding:
+            return
+        utt.ended = utt.speculative = True
+        utt.queue.put_nowait(None)
+
+    async def _speech_resumed(self) -> None:
+        """The user went on talking: drop the speculative reply, continue the utterance
+        on a new STT sequence with all its audio so far."""
+        utt = self._utt
+        if utt is None or not utt.speculative or utt.confirmed:
+            return
+        if self._response is not None and self._hold is not None:
+            await self.cancel_response("speech_resumed")
+        self._hold = None
+        if utt.task is not None and not utt.task.done():
+            utt.task.cancel()
+        route = self.router.route("stt")
+        utt.stream = STTStream(route.client, model=route.model, language=self.config.language)
+        utt.queue = asyncio.Queue()
+        utt.ended = utt.speculative = False
+        utt.final, utt.text, utt.samples = None, "", 0
+        utt.queue.put_nowait(np.concatenate(utt.audio))
+        utt.task = self._spawn(self._transcribe(utt))
+
     def _speech_stopped(self, at_ms: int) -> None:
-        if self._utt is None:
+        utt = self._utt
+        if utt is None:
             return
         self._turn = TurnTimes(speech_stopped=time.monotonic())
-        self.frames.put_nowait(F.SpeechStopped(self._utt.item_id, at_ms))
+        self.frames.put_nowait(F.SpeechStopped(utt.item_id, at_ms))
         self.commit()
 
     def _utterance(self) -> _Utterance:
@@ -181,7 +239,12 @@ class VoiceAgent:
             self._turn = TurnTimes(speech_stopped=time.monotonic())
         self.frames.put_nowait(F.BufferCommitted(utt.item_id, self._last_item))
         self._last_item = utt.item_id
-        utt.queue.put_nowait(None)
+        utt.confirmed = True
+        if not utt.ended:
+            utt.ended = True
+            utt.queue.put_nowait(None)
+        elif utt.final is not None:  # the speculative transcript was ready: use it now
+            self._publish_final(utt, *utt.final)
         return utt.item_id
 
     async def clear(self) -> None:
@@ -237,32 +300,69 @@ class VoiceAgent:
             await utt.stream.close()
 
     def _final_transcript(self, utt: _Utterance, text: str, details: dict) -> None:
+        if utt.speculative and not utt.confirmed:
+            utt.final = (text, details)
+            if text.strip():  # start thinking while the silence is being confirmed
+                self._hold = _Hold()
+                self.start_response(user_text=text, hold=self._hold)
+            return
+        self._publish_final(utt, text, details)
+
+    def _publish_final(self, utt: _Utterance, text: str, details: dict) -> None:
         now = time.monotonic()
         if self._turn.speech_stopped is not None:
             self._turn.transcript = now
-            self._on_metric("stt_final", now - self._turn.speech_stopped)
+            self._on_metric("stt_final", max(0.0, now - self._turn.speech_stopped))
         self.frames.put_nowait(F.TranscriptCompleted(utt.item_id, text, details,
                                                      utt.samples / RATE))
-        if not self.config.respond:
+        if not self.config.respond or not text.strip():
             return
-        if text.strip():
-            self.add_message("user", text)
-            if self.config.create_response and self.config.turn_detection:
-                self.start_response()
+        hold, self._hold = self._hold, None
+        self.add_message("user", text)
+        if hold is not None:
+            self._release(hold)
+            if hold.reply_text:  # the reply finished while it was held
+                self.add_message("assistant", hold.reply_text)
+            return
+        if self.config.create_response and self.config.turn_detection:
+            self.start_response()
+
+    def _release(self, hold: _Hold) -> None:
+        """The end of turn is confirmed: send what the speculative reply has so far."""
+        hold.released = True
+        turn = self._turn
+        for frame in hold.frames:
+            self.frames.put_nowait(frame)
+            if isinstance(frame, F.ResponseTextDelta) and turn.first_token is None:
+                turn.first_token = time.monotonic()
+                self._on_metric("first_token", 0.0 + turn.first_token - turn.speech_stopped)
+            if isinstance(frame, F.ResponseAudioDelta | F.ResponseAudioChunk) and \
+                    turn.first_audio is None:
+                turn.first_audio = time.monotonic()
+                self._on_metric("first_audio", turn.first_audio - turn.speech_stopped)
+        hold.frames.clear()
 
     # -- responses ------------------------------------------------------------------------
     def add_message(self, role: str, text: str) -> None:
         self.history.append({"role": role, "content": text})
         del self.history[:-self.config.max_history]
 
-    def start_response(self, instructions: str | None = None) -> str | None:
-        """Start a reply to the conversation so far; None when one is already running."""
+    def start_response(self, instructions: str | None = None, *, user_text: str | None = None,
+                       hold: _Hold | None = None) -> str | None:
+        """Start a reply to the conversation so far (plus ``user_text`` for a speculative
+        reply, whose frames ``hold`` keeps back); None when one is already running."""
         if self.responding:
             return None
         rid = new_id("resp")
         self._response_id = rid
-        self._response = self._spawn(self._respond(rid, instructions))
+        self._response = self._spawn(self._respond(rid, instructions, user_text, hold))
         return rid
+
+    def _out(self, frame: F.Frame, hold: _Hold | None) -> None:
+        if hold is not None and not hold.released:
+            hold.frames.append(frame)
+        else:
+            self.frames.put_nowait(frame)
 
     async def cancel_response(self, reason: str = "client_cancelled") -> bool:
         task = self._response
@@ -273,12 +373,15 @@ class VoiceAgent:
             await task
         return True
 
-    async def _respond(self, rid: str, instructions: str | None) -> None:
+    async def _respond(self, rid: str, instructions: str | None, user_text: str | None = None,
+                       hold: _Hold | None = None) -> None:
         item_id = new_id("item")
         cfg = self.config
-        self.frames.put_nowait(F.ResponseStarted(rid, item_id))
+        self._out(F.ResponseStarted(rid, item_id), hold)
         messages = [{"role": "system", "content": instructions or cfg.instructions},
                     *self.history]
+        if user_text is not None:
+            messages.append({"role": "user", "content": user_text})
         spoken: list[str] = []
         audio_samples = 0
         clauses: asyncio.Queue[str | None] = asyncio.Queue()
@@ -295,11 +398,13 @@ class VoiceAgent:
                 async for tok in gen:
                     if not tok.text:
                         continue
-                    if turn.first_token is None and turn.speech_stopped is not None:
+                    held = hold is not None and not hold.released
+                    if turn.first_token is None and turn.speech_stopped is not None \
+                            and not held:
                         turn.first_token = time.monotonic()
                         self._on_metric("first_token", turn.first_token - turn.speech_stopped)
                     spoken.append(tok.text)
-                    self.frames.put_nowait(F.ResponseTextDelta(rid, item_id, tok.text))
+                    self._out(F.ResponseTextDelta(rid, item_id, tok.text), hold)
                     for clause in splitter.push(tok.text):
                         clauses.put_nowait(clause)
             for clause in splitter.flush():
@@ -324,37 +429,41 @@ class VoiceAgent:
                         if resampler is None:
                             resampler = Resampler(chunk.sample_rate, cfg.output_rate)
                         pcm = resampler.process(chunk.audio)
-                        if turn.first_audio is None and turn.speech_stopped is not None:
+                        if turn.first_audio is None and turn.speech_stopped is not None \
+                                and (hold is None or hold.released):
                             turn.first_audio = time.monotonic()
                             self._on_metric("first_audio",
                                             turn.first_audio - turn.speech_stopped)
                         if cfg.audio_mode == "chunks":
-                            self.frames.put_nowait(F.ResponseAudioChunk(
+                            self._out(F.ResponseAudioChunk(
                                 rid, item_id, pcm.astype("<i2").tobytes(), chunk.alignment,
-                                audio_samples / cfg.output_rate))
+                                audio_samples / cfg.output_rate), hold)
                             audio_samples += pcm.size
                             continue
                         for i in range(0, pcm.size, piece):
                             part = pcm[i:i + piece]
                             audio_samples += part.size
-                            self.frames.put_nowait(F.ResponseAudioDelta(
+                            self._out(F.ResponseAudioDelta(
                                 rid, item_id, part.astype("<i2").tobytes(),
-                                chunk.alignment if i == 0 else None))
+                                chunk.alignment if i == 0 else None), hold)
             await producer  # re-raise LLM errors
         except asyncio.CancelledError as exc:
             status, reason = "cancelled", (exc.args[0] if exc.args else "client_cancelled")
         except (TritonUnavailable, TritonModelError) as exc:
             status, reason = "failed", str(exc)
-            self.frames.put_nowait(F.ErrorFrame("response_failed", str(exc)))
+            self._out(F.ErrorFrame("response_failed", str(exc)), hold)
         finally:
             producer.cancel()
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await producer
             text = "".join(spoken).strip()
-            if text:
+            # A reply whose turn is not confirmed yet goes into the history on release.
+            if text and (hold is None or hold.released):
                 self.add_message("assistant", text)
-            self.frames.put_nowait(F.ResponseDone(rid, item_id, status, text, reason,
-                                                  audio_samples / cfg.output_rate))
+            elif hold is not None:
+                hold.reply_text = text
+            self._out(F.ResponseDone(rid, item_id, status, text, reason,
+                                     audio_samples / cfg.output_rate), hold)
 
     # -- lifecycle ------------------------------------------------------------------------
     def _spawn(self, coro) -> asyncio.Task:

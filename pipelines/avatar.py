@@ -198,7 +198,7 @@ def blinking(t: float) -> bool:
 
 
 def viseme_track(phonemes: list, duration_s: float, fps: int = FPS,
-                 lead_s: float = 0.04) -> list[tuple[float, int]]:
+                 lead_s: float = 0.0) -> list[tuple[float, int]]:
     """(openness, width class) per video frame from timed phonemes.
 
     The mouth moves slightly before the sound (``lead_s``), as a speaker's does; each

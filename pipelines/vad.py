@@ -25,11 +25,14 @@ class VadConfig:
     silence_ms: int = 400  # unvoiced audio that ends the turn
     prefix_padding_ms: int = 300  # audio kept from before the speech start
     min_energy: float = 0.004  # RMS below this is never speech (webrtcvad likes hiss)
+    # A pause this long inside speech is reported ("speech_paused"), so the agent can
+    # start on a likely end of turn before silence_ms confirms it; 0 disables.
+    pause_ms: int = 160
 
 
 @dataclass(frozen=True)
 class VadEvent:
-    kind: str  # "speech_started" | "speech_stopped"
+    kind: str  # "speech_started" | "speech_paused" | "speech_resumed" | "speech_stopped"
     at_ms: int  # audio time of the event (start includes no padding)
 
 
@@ -72,7 +75,12 @@ class VoiceActivity:
                     start = self.now_ms - len(self._recent) * FRAME_MS
                     events.append(VadEvent("speech_started", max(0, start)))
             else:
+                pause = self.config.pause_ms
+                if voiced and pause and self._silent_frames * FRAME_MS >= pause:
+                    events.append(VadEvent("speech_resumed", self.now_ms))
                 self._silent_frames = 0 if voiced else self._silent_frames + 1
+                if pause and self._silent_frames * FRAME_MS == pause < self.config.silence_ms:
+                    events.append(VadEvent("speech_paused", self.now_ms - pause))
                 if self._silent_frames * FRAME_MS >= self.config.silence_ms:
                     self.speaking = False
                     self._recent.clear()

@@ -449,6 +449,8 @@ def build_parser() -> argparse.ArgumentParser:
                                     "(rtmedia bench models --help)")
     bench.add_parser("agent", help="voice agent and captions end to end over WebSocket "
                                    "(rtmedia bench agent --help)")
+    bench.add_parser("avatar", help="avatar fps, sessions, A/V sync and latency over WebRTC "
+                                    "(rtmedia bench avatar --help)")
     return p
 
 
@@ -462,6 +464,10 @@ def main(argv: list[str] | None = None) -> int:
         from bench.agent import main as bench_agent
 
         return bench_agent(argv[2:])
+    if argv[:2] == ["bench", "avatar"]:
+        from bench.avatar import main as bench_avatar
+
+        return bench_avatar(argv[2:])
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)

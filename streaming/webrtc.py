@@ -204,17 +204,19 @@ class AvatarMedia:
 
     async def play(self, chunk: F.ResponseAudioChunk) -> None:
         pcm = np.frombuffer(chunk.pcm16, dtype="<i2")
-        task = asyncio.create_task(self._render(chunk, pcm))
+        first_frames = asyncio.Event()
+        task = asyncio.create_task(self._render(chunk, pcm, first_frames))
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
-        # Hold the first piece of a reply back until its frames are there (at most
-        # 150 ms), so the mouth never lags the first syllable.
+        # Hold the first piece of a reply back until its first frames are there (at
+        # most 150 ms), so the mouth never lags the first syllable.
         if chunk.offset_s == 0:
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(asyncio.shield(task), 0.15)
+                await asyncio.wait_for(first_frames.wait(), 0.15)
         self.audio.push(chunk.response_id, pcm)
 
-    async def _render(self, chunk: F.ResponseAudioChunk, pcm: np.ndarray) -> None:
+    async def _render(self, chunk: F.ResponseAudioChunk, pcm: np.ndarray,
+                      first_frames: asyncio.Event) -> None:
         route = self.router.route("avatar")
         inputs = {"AUDIO": pcm, "SAMPLE_RATE": np.array([OUT_RATE], np.int32),
                   "ALIGNMENT": json.dumps(chunk.alignment or {}),
@@ -227,8 +229,11 @@ class AvatarMedia:
                     self.video.add_frames(chunk.response_id,
                                           first_index + int(r.outputs["FIRST_FRAME"][0]),
                                           r.outputs["FRAMES"])
+                    first_frames.set()
         except (TritonUnavailable, TritonModelError) as exc:
             log.warning("avatar frames failed (idle frames shown): %s", exc)
+        finally:
+            first_frames.set()
 
     def interrupt(self) -> None:
         for task in list(self._tasks):

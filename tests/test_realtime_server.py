@@ -301,3 +301,34 @@ async def test_session_limit_refuses_the_next_one_cleanly(media_server):
     finally:
         for c in clients:
             await c.close()
+
+
+async def test_a_pause_inside_the_turn_does_not_end_it(media_server):
+    """The agent starts thinking on a 160 ms pause, but a user who goes on talking gets
+    one transcript of the whole turn and one reply, with no trace of the guess."""
+    client = await connect(media_server)
+    try:
+        await client.update(voice_session(instructions="Answer in one short sentence."))
+        first = espeak_speech("Hello there.", rate=24000)
+        second = espeak_speech("Please tell me the time in London.", rate=24000)
+        # espeak ends each phrase with ~350 ms of silence: trim to leave a 250 ms pause
+        pause = np.zeros(int(0.25 * 24000), np.float32)
+        last = np.nonzero(np.abs(first) > 0.02)[0][-1]
+        audio = np.concatenate([first[:last], pause, second, np.zeros(24000, np.float32)])
+        sender = asyncio.create_task(client.stream_audio(audio, 24000, pace=1.0))
+        events = await collect_until(client, "response.done", timeout=40)
+        await sender
+        await asyncio.sleep(0.5)
+        while not client.events.empty():
+            events.append(client.events.get_nowait())
+    finally:
+        await client.close()
+    types = [e.type for e in events]
+    assert types.count("conversation.item.input_audio_transcription.completed") == 1
+    assert types.count("response.created") == 1 and types.count("response.done") == 1
+    completed = next(e for e in events if e.type.endswith("transcription.completed"))
+    assert word_error_rate("Hello there. Please tell me the time in London.",
+                           completed.data["transcript"]) <= 0.4, completed.data
+    assert types.index("input_audio_buffer.speech_stopped") < types.index("response.created")
+    done = next(e for e in events if e.type == "response.done")
+    assert done.data["response"]["status"] == "completed"
