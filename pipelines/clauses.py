@@ -14,7 +14,7 @@ _CLAUSE = re.compile(r"[,;:—–](?=\s)")
 
 
 class ClauseSplitter:
-    def __init__(self, first_min_words: int = 3, first_max_words: int = 5,
+    def __init__(self, first_min_words: int = 3, first_max_words: int = 4,
                  long_chars: int = 120):
         self.first_min_words = first_min_words
         self.first_max_words = first_max_words
