@@ -221,6 +221,11 @@ class TritonClient:
             ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
             ("grpc.keepalive_time_ms", 10_000),
             ("grpc.keepalive_permit_without_calls", 1),
+            # Reconnect within ~2 s of a Triton restart (gRPC's default backoff grows to
+            # 120 s, so a restarted server could stay unused for minutes).
+            ("grpc.initial_reconnect_backoff_ms", 250),
+            ("grpc.min_reconnect_backoff_ms", 250),
+            ("grpc.max_reconnect_backoff_ms", 2000),
         ])
         self._stub = service_pb2_grpc.GRPCInferenceServiceStub(self._channel)
         self.open_streams: set[TritonStream] = set()  # leak checks and metrics

@@ -294,6 +294,10 @@ class WebRTCSession:
         def _message(message) -> None:
             self._spawn(self.session.handle(message))
 
+        @channel.on("close")
+        def _closed() -> None:  # the peer hung up (or its SCTP association died)
+            self._spawn(self.close())
+
     def _on_track(self, track) -> None:
         if track.kind == "audio":
             self._spawn(self._pump_audio(track))
@@ -312,6 +316,7 @@ class WebRTCSession:
                 M.FRAME_PROCESSING.observe(time.perf_counter() - t0)
         except Exception as exc:  # MediaStreamError when the peer goes away
             log.debug("inbound audio ended: %s", exc)
+            self._spawn(self.close())
 
     def _on_state(self) -> None:
         if self.pc.connectionState in ("failed", "closed"):

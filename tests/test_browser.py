@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import statistics
 
 import numpy as np
@@ -10,6 +11,7 @@ import pytest
 from pipelines.audio import write_wav
 from pipelines.speech import espeak_speech
 from pipelines.text import word_error_rate
+from streaming.server import SESSIONS
 from tests.browser import CHROMIUM, Browser
 from tests.conftest import free_port
 
@@ -52,8 +54,16 @@ async def test_talking_avatar_page(media_server, tmp_path, artifacts):
             audio: rtmedia.audioSamples, mouth: rtmedia.mouthSamples,
             latencies: rtmedia.latencies, errors: rtmedia.errors,
             conversation: rtmedia.conversation})""")
+        await browser.eval("document.getElementById('start').click()")  # Stop
+        await browser.wait_for("rtmedia.connection === 'idle'", timeout=5)
     finally:
         await browser.close()
+    # Stopping the call ends the server's session and its Triton streams.
+    for _ in range(100):
+        if not media_server.app[SESSIONS]:
+            break
+        await asyncio.sleep(0.05)
+    assert not media_server.app[SESSIONS]
     assert word_error_rate(QUESTION, caption) <= 0.5, caption
     assert s["conversation"][0]["role"] == "user"
     assert s["conversation"][1]["role"] == "assistant" and s["conversation"][1]["text"]

@@ -332,3 +332,38 @@ async def test_a_pause_inside_the_turn_does_not_end_it(media_server):
     assert types.index("input_audio_buffer.speech_stopped") < types.index("response.created")
     done = next(e for e in events if e.type == "response.done")
     assert done.data["response"]["status"] == "completed"
+
+
+async def test_beta_clients_get_beta_event_names(media_server):
+    client = RealtimeClient(media_server.url)
+    await client.connect(headers={"OpenAI-Beta": "realtime=v1"})
+    try:
+        await client.wait_for("session.created")
+        await client.update({"modalities": ["text"], "turn_detection": None,
+                             "input_audio_format": "pcm16"})
+        await client.send({"type": "conversation.item.create", "item": {
+            "type": "message", "role": "user",
+            "content": [{"type": "input_text", "text": "Say hi."}]}})
+        await client.send({"type": "response.create"})
+        events = await collect_until(client, "response.done")
+    finally:
+        await client.close()
+    types = {e.type for e in events}
+    assert "conversation.item.created" in types and "response.text.delta" in types
+    assert "response.output_text.delta" not in types
+
+
+async def test_caption_command_line(media_server, tmp_path):
+    import sys
+
+    from pipelines.audio import write_wav
+
+    wav = tmp_path / "speech.wav"
+    write_wav(wav, espeak_speech(CAPTION), 16000)
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "streaming.cli", "caption", str(wav), "--url", media_server.url,
+        "--fast", stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT)
+    out, _ = await asyncio.wait_for(proc.communicate(), 60)
+    assert proc.returncode == 0, out.decode()
+    last = out.decode().strip().splitlines()[-1].split("\r")[-1].replace("\x1b[K", "")
+    assert word_error_rate(CAPTION, last) <= 0.35, out.decode()

@@ -76,6 +76,7 @@ async def test_triton_down_then_restarted(triton_settings, tmp_path):
             assert "unavailable" in down["error"]["message"].lower()
 
             await asyncio.to_thread(server.start, wait_s=120)
+            await asyncio.sleep(2.5)  # the longest reconnect backoff of the channel
             up = await caption(client, "Good evening and welcome back.")
             assert up["type"].endswith("transcription.completed"), up
             assert word_error_rate("Good evening and welcome back.", up["transcript"]) <= 0.4
