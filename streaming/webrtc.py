@@ -41,6 +41,7 @@ log = logging.getLogger(__name__)
 OUT_RATE = 48000
 AUDIO_PTIME = 0.02
 VIDEO_CLOCK = 90000
+PEER_SILENCE_TIMEOUT_S = 5.0
 
 
 def allow_loopback_candidates() -> None:
@@ -307,15 +308,17 @@ class WebRTCSession:
         resampler = AudioResampler(format="s16", layout="mono", rate=RATE)
         try:
             while True:
-                frame = await track.recv()
+                # Browsers send audio all the time (silence included): none for this
+                # long means the peer vanished; ICE consent would take ~30 s to say so.
+                frame = await asyncio.wait_for(track.recv(), PEER_SILENCE_TIMEOUT_S)
                 t0 = time.perf_counter()
                 for out in resampler.resample(frame):
                     pcm = out.to_ndarray().reshape(-1).astype(np.float32) / 32768.0
                     M.AUDIO_SECONDS.labels("in").inc(pcm.size / RATE)
                     await self.session.agent.push_audio(pcm)
                 M.FRAME_PROCESSING.observe(time.perf_counter() - t0)
-        except Exception as exc:  # MediaStreamError when the peer goes away
-            log.debug("inbound audio ended: %s", exc)
+        except Exception as exc:  # MediaStreamError / timeout when the peer goes away
+            log.info("inbound audio ended (%s): closing the session", type(exc).__name__)
             self._spawn(self.close())
 
     def _on_state(self) -> None:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import itertools
 import json
 import shutil
@@ -64,6 +65,10 @@ class Browser:
         return self
 
     async def _read(self) -> None:
+        with contextlib.suppress(websockets.ConnectionClosed):
+            await self._read_messages()
+
+    async def _read_messages(self) -> None:
         async for raw in self.ws:
             msg = json.loads(raw)
             if "id" in msg and msg["id"] in self._waiters:

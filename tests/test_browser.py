@@ -11,7 +11,7 @@ import pytest
 from pipelines.audio import write_wav
 from pipelines.speech import espeak_speech
 from pipelines.text import word_error_rate
-from streaming.server import SESSIONS
+from streaming.server import ROUTER, SESSIONS
 from tests.browser import CHROMIUM, Browser
 from tests.conftest import free_port
 
@@ -103,3 +103,23 @@ async def test_captions_page(media_server, tmp_path, artifacts):
     assert state["partials"] >= 2  # captions appeared while the speech went on
     assert state["captions"][0] in text
     assert not state["errors"]
+
+
+async def test_a_vanished_browser_leaves_nothing_running(media_server, tmp_path):
+    import signal
+
+    browser = await Browser(mic_file(tmp_path, QUESTION, 0.5, 20)).start(free_port())
+    try:
+        await browser.goto(media_server.http + "/index.html?raw=1&autostart=1")
+        await browser.wait_for("rtmedia.connection === 'connected'", timeout=20)
+        assert media_server.app[SESSIONS]
+        browser.proc.send_signal(signal.SIGKILL)  # no hang-up, no close: just gone
+        browser.proc.wait()
+        for _ in range(200):
+            if not media_server.app[SESSIONS]:
+                break
+            await asyncio.sleep(0.05)
+    finally:
+        await browser.close()
+    assert not media_server.app[SESSIONS]  # within ~5 s, not ICE's ~30 s
+    assert media_server.app[ROUTER].open_streams() == 0
