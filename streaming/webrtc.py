@@ -42,6 +42,7 @@ OUT_RATE = 48000
 AUDIO_PTIME = 0.02
 VIDEO_CLOCK = 90000
 PEER_SILENCE_TIMEOUT_S = 5.0
+INBOUND_PREFETCH = 1  # audio packets aiortc buffers before decoding (its default: 4)
 
 
 def allow_loopback_candidates() -> None:
@@ -332,6 +333,7 @@ class WebRTCSession:
 
     async def answer(self, offer_sdp: str) -> str:
         await self.pc.setRemoteDescription(RTCSessionDescription(offer_sdp, "offer"))
+        shorten_audio_prefetch(self.pc)
         await self.pc.setLocalDescription(await self.pc.createAnswer())
         await self.session.start()
         return self.pc.localDescription.sdp
@@ -349,6 +351,16 @@ class WebRTCSession:
         await self.pc.close()
         if self._on_closed:
             self._on_closed(self)
+
+
+def shorten_audio_prefetch(pc: RTCPeerConnection, packets: int = INBOUND_PREFETCH) -> None:
+    """aiortc holds 4 audio packets (80 ms) before decoding, for smooth playback. Our
+    inbound audio feeds the VAD and STT, not a speaker: one packet is enough, and the
+    user's end of speech is seen 60 ms sooner. (A private attribute: ignored if absent.)"""
+    for receiver in pc.getReceivers():
+        buffer = getattr(receiver, "_RTCRtpReceiver__jitter_buffer", None)
+        if receiver.track and receiver.track.kind == "audio" and hasattr(buffer, "_prefetch"):
+            buffer._prefetch = packets
 
 
 def load_avatar(models_dir: Path, name: str) -> Avatar:
