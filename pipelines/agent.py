@@ -181,16 +181,11 @@ class VoiceAgent:
         self._prefix.clear()
         self._prefix_samples = 0
 
-    @property
-    def _speculates(self) -> bool:
-        cfg = self.config
-        return cfg.respond and cfg.create_response and cfg.turn_detection
-
     def _speech_paused(self) -> None:
-        """A pause that may be the end of the turn: finish the transcript and start the
-        reply now, holding its output back until the silence is long enough."""
+        """A pause that may be the end of the turn: finish the transcript (and start the
+        reply) now, holding the output back until the silence is long enough."""
         utt = self._utt
-        if utt is None or utt.ended or not self._speculates or self.responding:
+        if utt is None or utt.ended or not self.config.turn_detection or self.responding:
             return
         utt.ended = utt.speculative = True
         utt.queue.put_nowait(None)
@@ -302,7 +297,9 @@ class VoiceAgent:
     def _final_transcript(self, utt: _Utterance, text: str, details: dict) -> None:
         if utt.speculative and not utt.confirmed:
             utt.final = (text, details)
-            if text.strip():  # start thinking while the silence is being confirmed
+            cfg = self.config
+            if text.strip() and cfg.respond and cfg.create_response:
+                # start thinking while the silence is being confirmed
                 self._hold = _Hold()
                 self.start_response(user_text=text, hold=self._hold)
             return

@@ -367,3 +367,25 @@ async def test_caption_command_line(media_server, tmp_path):
     assert proc.returncode == 0, out.decode()
     last = out.decode().strip().splitlines()[-1].split("\r")[-1].replace("\x1b[K", "")
     assert word_error_rate(CAPTION, last) <= 0.35, out.decode()
+
+
+async def test_captions_span_a_short_pause(media_server):
+    """Captions also finish early on a pause; speech that goes on continues the line."""
+    client = await connect(media_server, transcription=True)
+    try:
+        await client.update({"type": "transcription", "audio": {"input": {
+            "format": {"type": "audio/pcm", "rate": 16000},
+            "turn_detection": {"type": "server_vad", "silence_duration_ms": 500}}}})
+        first = espeak_speech("Good morning everyone.")
+        second = espeak_speech("Let us begin the weekly meeting.")
+        last = np.nonzero(np.abs(first) > 0.02)[0][-1]
+        audio = np.concatenate([first[:last], np.zeros(4800, np.float32), second, SILENCE])
+        sender = asyncio.create_task(client.stream_audio(audio, 16000, pace=1.0))
+        events = await collect_until(
+            client, "conversation.item.input_audio_transcription.completed")
+        await sender
+    finally:
+        await client.close()
+    final = events[-1].data["transcript"]
+    assert word_error_rate("Good morning everyone. Let us begin the weekly meeting.",
+                           final) <= 0.35, final
