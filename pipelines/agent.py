@@ -257,17 +257,18 @@ class VoiceAgent:
         Audio is sent in pieces of at least ``STT_SEND_S`` (fewer requests), and
         whatever queued up while a partial was being decoded goes out as one piece.
         """
+        stream, queue = utt.stream, utt.queue  # a resumed utterance gets new ones
         pending: list[np.ndarray] = []
         pending_samples = 0
         try:
             while True:
-                chunk = await utt.queue.get()
+                chunk = await queue.get()
                 end = chunk is None
                 if chunk is not None:
                     pending.append(chunk)
                     pending_samples += chunk.size
-                while not end and not utt.queue.empty():
-                    nxt = utt.queue.get_nowait()
+                while not end and not queue.empty():
+                    nxt = queue.get_nowait()
                     if nxt is None:
                         end = True
                     else:
@@ -278,7 +279,7 @@ class VoiceAgent:
                 data = np.concatenate(pending) if pending else np.zeros(0, np.float32)
                 pending, pending_samples = [], 0
                 utt.samples += data.size
-                for t in await utt.stream.push(data, end=end):
+                for t in await stream.push(data, end=end):
                     if t.final:
                         self._final_transcript(utt, t.text, t.details)
                     elif t.text:
@@ -289,10 +290,11 @@ class VoiceAgent:
                 if end:
                     return
         except (TritonUnavailable, TritonModelError) as exc:
-            self.frames.put_nowait(F.TranscriptFailed(utt.item_id, str(exc)))
-            self.frames.put_nowait(F.ErrorFrame("transcription_failed", str(exc)))
+            if stream is utt.stream:  # not an abandoned sequence of a resumed utterance
+                self.frames.put_nowait(F.TranscriptFailed(utt.item_id, str(exc)))
+                self.frames.put_nowait(F.ErrorFrame("transcription_failed", str(exc)))
         finally:
-            await utt.stream.close()
+            await stream.close()
 
     def _final_transcript(self, utt: _Utterance, text: str, details: dict) -> None:
         if utt.speculative and not utt.confirmed:

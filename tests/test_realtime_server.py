@@ -324,6 +324,7 @@ async def test_a_pause_inside_the_turn_does_not_end_it(media_server):
     finally:
         await client.close()
     types = [e.type for e in events]
+    assert "error" not in types and not any(t.endswith("transcription.failed") for t in types)
     assert types.count("conversation.item.input_audio_transcription.completed") == 1
     assert types.count("response.created") == 1 and types.count("response.done") == 1
     completed = next(e for e in events if e.type.endswith("transcription.completed"))
@@ -386,6 +387,7 @@ async def test_captions_span_a_short_pause(media_server):
         await sender
     finally:
         await client.close()
+    assert not any(e.type == "error" or e.type.endswith("failed") for e in events), events
     final = events[-1].data["transcript"]
     assert word_error_rate("Good morning everyone. Let us begin the weekly meeting.",
                            final) <= 0.35, final
