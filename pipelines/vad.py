@@ -27,7 +27,7 @@ class VadConfig:
     min_energy: float = 0.004  # RMS below this is never speech (webrtcvad likes hiss)
     # A pause this long inside speech is reported ("speech_paused"), so the agent can
     # start on a likely end of turn before silence_ms confirms it; 0 disables.
-    pause_ms: int = 160
+    pause_ms: int = 120
 
 
 @dataclass(frozen=True)

@@ -304,7 +304,7 @@ async def test_session_limit_refuses_the_next_one_cleanly(media_server):
 
 
 async def test_a_pause_inside_the_turn_does_not_end_it(media_server):
-    """The agent starts thinking on a 160 ms pause, but a user who goes on talking gets
+    """The agent starts thinking on a 120 ms pause, but a user who goes on talking gets
     one transcript of the whole turn and one reply, with no trace of the guess."""
     client = await connect(media_server)
     try:

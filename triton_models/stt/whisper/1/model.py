@@ -121,6 +121,9 @@ class TritonPythonModel:
 
     # -- Triton entry -----------------------------------------------------------------
     def execute(self, requests):
+        # Finals first: a user waits on an end of turn, while a partial that comes a
+        # little later only updates a caption (matters when many streams share a batch).
+        requests = sorted(requests, key=lambda r: not bool(_scalar(r, "END")))
         for request in requests:
             sender = request.get_response_sender()
             try:
