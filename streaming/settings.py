@@ -54,7 +54,7 @@ class Settings:
     # JSON list of RTCIceServer dicts, e.g. [{"urls": "stun:stun.example.org:3478"}]
     ice_servers: list = field(default_factory=list)
     # extra audio buffering of the receiver vs video, subtracted from the lip-sync position
-    av_audio_lead_ms: float = 40.0
+    av_audio_lead_ms: float = 20.0
 
     @classmethod
     def from_env(cls) -> Settings:
@@ -85,7 +85,7 @@ class Settings:
             avatar_model=_env("AVATAR_MODEL", "avatar"),
             avatar_name=_env("AVATAR", "astronaut"),
             ice_servers=json.loads(_env("ICE_SERVERS", "[]")),
-            av_audio_lead_ms=float(_env("AV_AUDIO_LEAD_MS", "40")),
+            av_audio_lead_ms=float(_env("AV_AUDIO_LEAD_MS", "20")),
         )
 
     def replace(self, **changes: object) -> Settings:
