@@ -334,7 +334,7 @@ class VoiceAgent:
             self.frames.put_nowait(frame)
             if isinstance(frame, F.ResponseTextDelta) and turn.first_token is None:
                 turn.first_token = time.monotonic()
-                self._on_metric("first_token", 0.0 + turn.first_token - turn.speech_stopped)
+                self._on_metric("first_token", turn.first_token - turn.speech_stopped)
             if isinstance(frame, F.ResponseAudioDelta | F.ResponseAudioChunk) and \
                     turn.first_audio is None:
                 turn.first_audio = time.monotonic()

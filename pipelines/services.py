@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import itertools
 import json
-import os
+import secrets
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 
@@ -18,7 +18,9 @@ import numpy as np
 from pipelines.triton_client import TritonClient, TritonStream
 
 STT_RATE = 16000
-_seq_ids = itertools.count((os.getpid() % 10_000) * 1_000_000 + 1)
+# Triton sequence ids are shared by every client of a server: start at a random point
+# so that several media-server processes do not collide.
+_seq_ids = itertools.count(secrets.randbits(48) + 1)
 
 
 @dataclass
