@@ -29,9 +29,9 @@ async def transcribe(client, audio: np.ndarray, model: str = "whisper", language
         for i in range(0, audio.size, CHUNK):
             last = i + CHUNK >= audio.size
             for t in await stt.push(audio[i:i + CHUNK], end=last):
-                (partials.append((time.monotonic() - t0, t)) if not t.final else None)
                 if t.final:
                     return partials, t
+                partials.append((time.monotonic() - t0, t))
     finally:
         await stt.close()
     raise AssertionError("no final transcript")
