@@ -16,19 +16,14 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import os
-import signal
-import socket
 import statistics
-import subprocess
 import sys
-import tempfile
 import time
 import urllib.request
-from pathlib import Path
 
 import numpy as np
 
+from bench.stack import local_stack
 from pipelines.speech import espeak_speech
 from pipelines.text import words
 from streaming.client import RealtimeClient
@@ -204,24 +199,6 @@ def _fetch(url: str) -> str:
         return resp.read().decode()
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _wait_http(url: str, timeout: float) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            with urllib.request.urlopen(url, timeout=1) as r:
-                if r.status == 200:
-                    return
-        except OSError:
-            time.sleep(0.2)
-    raise RuntimeError(f"{url} not ready after {timeout} s")
-
-
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="rtmedia bench agent", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -236,38 +213,13 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--json", action="store_true")
     args = p.parse_args(argv)
 
-    triton = proc = None
-    url = args.url
-    if url:
-        http = url.replace("ws://", "http://").replace("wss://", "https://").split("/v1/")[0]
+    if args.url:
+        http = args.url.replace("ws://", "http://").replace("wss://", "https://")
+        results = asyncio.run(run(args.url, http.split("/v1/")[0], args))
     else:
-        from streaming.settings import Settings
-        from streaming.triton_server import TritonServer
-
-        s = Settings.from_env().replace(
-            triton_http_port=_free_port(), triton_grpc_port=_free_port(),
-            triton_metrics_port=_free_port(),
-            state_dir=Path(tempfile.mkdtemp(prefix="rtmedia-bench-")))
-        triton = TritonServer(s, models=[s.stt_model, s.tts_model, s.llm_model],
-                              log_path=s.state_dir / "tritonserver.log")
-        print("starting tritonserver ...", file=sys.stderr)
-        triton.start(wait_s=300)
-        port = _free_port()
-        env = dict(os.environ, RTMEDIA_MAX_SESSIONS="64")
-        proc = subprocess.Popen([sys.executable, "-m", "streaming.cli", "up", "--triton-url",
-                                 triton.grpc_url, "--port", str(port)], env=env,
-                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        http = f"http://127.0.0.1:{port}"
-        url = f"ws://127.0.0.1:{port}/v1/realtime"
-        _wait_http(http + "/readyz", 60)
-    try:
-        results = asyncio.run(run(url, http, args))
-    finally:
-        if proc:
-            proc.send_signal(signal.SIGTERM)
-            proc.wait(30)
-        if triton:
-            triton.stop()
+        with local_stack() as http:
+            url = http.replace("http://", "ws://") + "/v1/realtime"
+            results = asyncio.run(run(url, http, args))
     if args.json:
         print(json.dumps(results, indent=2))
         return 0

@@ -15,18 +15,14 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import os
-import signal
 import statistics
-import subprocess
 import sys
-import tempfile
-from pathlib import Path
 
 import aiohttp
 import numpy as np
 
-from bench.agent import QUESTIONS, _free_port, _wait_http, last_voiced, summary
+from bench.agent import QUESTIONS, last_voiced, summary
+from bench.stack import local_stack
 from pipelines.speech import espeak_speech
 from streaming.rtc_client import ArrayMicrophone, RtcCall
 
@@ -140,36 +136,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--seconds", type=float, default=8.0, help="fps measuring window")
     p.add_argument("--json", action="store_true")
     args = p.parse_args(argv)
-    triton = proc = None
-    http = args.url
-    if not http:
-        from streaming.settings import Settings
-        from streaming.triton_server import TritonServer
-
-        s = Settings.from_env().replace(
-            triton_http_port=_free_port(), triton_grpc_port=_free_port(),
-            triton_metrics_port=_free_port(),
-            state_dir=Path(tempfile.mkdtemp(prefix="rtmedia-bench-")))
-        triton = TritonServer(s, models=[s.stt_model, s.tts_model, s.llm_model,
-                                         s.avatar_model],
-                              log_path=s.state_dir / "tritonserver.log")
-        print("starting tritonserver ...", file=sys.stderr)
-        triton.start(wait_s=300)
-        port = _free_port()
-        proc = subprocess.Popen([sys.executable, "-m", "streaming.cli", "up", "--triton-url",
-                                 triton.grpc_url, "--port", str(port)],
-                                env=dict(os.environ, RTMEDIA_MAX_SESSIONS="64"),
-                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        http = f"http://127.0.0.1:{port}"
-        _wait_http(http + "/readyz", 60)
-    try:
-        results = asyncio.run(run(http, args))
-    finally:
-        if proc:
-            proc.send_signal(signal.SIGTERM)
-            proc.wait(30)
-        if triton:
-            triton.stop()
+    if args.url:
+        results = asyncio.run(run(args.url, args))
+    else:
+        with local_stack(avatar=True) as http:
+            results = asyncio.run(run(http, args))
     if args.json:
         print(json.dumps(results, indent=2))
     else:

@@ -16,7 +16,6 @@ import argparse
 import asyncio
 import contextlib
 import json
-import socket
 import statistics
 import sys
 import tempfile
@@ -25,6 +24,7 @@ from pathlib import Path
 
 import numpy as np
 
+from bench.stack import free_port
 from pipelines.services import STTStream, chat, synthesize
 from pipelines.speech import espeak_speech
 from pipelines.text import word_error_rate
@@ -123,12 +123,6 @@ async def run(url: str, args: argparse.Namespace) -> dict:
         await client.close()
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="rtmedia bench models", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -151,8 +145,8 @@ def main(argv: list[str] | None = None) -> int:
         from streaming.triton_server import TritonServer
 
         s = Settings.from_env()
-        s = s.replace(triton_http_port=_free_port(), triton_grpc_port=_free_port(),
-                      triton_metrics_port=_free_port(), placement=args.placement,
+        s = s.replace(triton_http_port=free_port(), triton_grpc_port=free_port(),
+                      triton_metrics_port=free_port(), placement=args.placement,
                       state_dir=Path(tempfile.mkdtemp(prefix="rtmedia-bench-")))
         wanted = {"stt": args.stt_model, "tts": args.tts_model, "llm": args.llm_model}
         server = TritonServer(s, models=[wanted[k] for k in args.only],
