@@ -170,6 +170,9 @@ class VoiceAgent:
             self._prefix_samples -= self._prefix.popleft().size
 
     async def _speech_started(self, at_ms: int) -> None:
+        # A new turn: a speculative reply started during it shares this object, so
+        # its latencies count from the end of speech confirmed later.
+        self._turn = TurnTimes()
         utt = self._utterance()
         self.frames.put_nowait(F.SpeechStarted(utt.item_id, at_ms))
         if self.responding and self.config.interrupt_response:
@@ -213,7 +216,7 @@ class VoiceAgent:
         utt = self._utt
         if utt is None:
             return
-        self._turn = TurnTimes(speech_stopped=time.monotonic())
+        self._turn.speech_stopped = time.monotonic()
         self.frames.put_nowait(F.SpeechStopped(utt.item_id, at_ms))
         self.commit()
 
@@ -230,7 +233,7 @@ class VoiceAgent:
         utt, self._utt = self._utt, None
         if utt is None:
             return None
-        if self._turn.speech_stopped is None:
+        if not self.config.turn_detection:  # the client's commit ends its turn
             self._turn = TurnTimes(speech_stopped=time.monotonic())
         self.frames.put_nowait(F.BufferCommitted(utt.item_id, self._last_item))
         self._last_item = utt.item_id
