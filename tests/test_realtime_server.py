@@ -87,6 +87,14 @@ async def test_live_captions_at_16khz(media_server):
     assert not any(e.type.startswith("response.") for e in events)  # captions only
 
 
+def turn_count(stage: str) -> float:
+    from streaming.metrics import TURN_LATENCY
+
+    return sum(
+        s.value for m in TURN_LATENCY.collect() for s in m.samples
+        if s.name.endswith("_count") and s.labels.get("stage") == stage)
+
+
 async def transcribe_pcm(grpc_url: str, pcm24k: np.ndarray) -> str:
     client = TritonClient(grpc_url)
     stt = STTStream(client)
@@ -103,6 +111,7 @@ async def test_voice_agent_turn_with_the_openai_sdk(media_server, triton):
     """The official openai SDK's realtime client holds a turn with this server."""
     from openai import AsyncOpenAI
 
+    before = {stage: turn_count(stage) for stage in ("stt_final", "first_token", "first_audio")}
     oa = AsyncOpenAI(base_url=media_server.http + "/v1", api_key="unused")
     question = espeak_speech("What colour is the sky on a sunny day?", rate=24000)
     audio_out, transcript, user_text = [], "", ""
@@ -136,6 +145,9 @@ async def test_voice_agent_turn_with_the_openai_sdk(media_server, triton):
     assert t_stop is not None and t_first is not None and t_first > t_stop
     reply = np.concatenate(audio_out)
     assert reply.size > 24000 * 0.5  # at least half a second of speech
+    # the turn's latencies reached the metrics, whichever way the turn ended
+    for stage, count in before.items():
+        assert turn_count(stage) == count + 1, stage
     heard = await transcribe_pcm(triton.grpc_url, reply)
     assert len(words(heard)) >= 2, heard
     overlap = set(words(heard)) & set(words(transcript))
