@@ -112,7 +112,6 @@ class VoiceAgent:
         self._prefix_samples = 0
         self._utt: _Utterance | None = None
         self._response: asyncio.Task | None = None
-        self._response_id: str | None = None
         self._tasks: set[asyncio.Task] = set()
         self._last_item: str | None = None
         self._turn = TurnTimes()
@@ -356,7 +355,6 @@ class VoiceAgent:
         if self.responding:
             return None
         rid = new_id("resp")
-        self._response_id = rid
         self._response = self._spawn(self._respond(rid, instructions, user_text, hold))
         return rid
 
@@ -486,8 +484,4 @@ class VoiceAgent:
         if self._utt is not None:
             await self._utt.stream.close()
             self._utt = None
-
-    @property
-    def active_tasks(self) -> int:
-        return sum(not t.done() for t in self._tasks)
 

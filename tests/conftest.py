@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import os
-import socket
 from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
 
+from bench.stack import free_port
 from pipelines.triton_client import TritonClient
 from streaming.default_models import install_defaults, wheel_cache
 from streaming.model_store import ModelStore
@@ -18,12 +18,6 @@ from streaming.triton_server import TritonServer
 ARTIFACTS = Path(__file__).resolve().parent.parent / "test-artifacts"
 # The models the shared server loads; whisper_base is loaded/unloaded by a test.
 SESSION_MODELS = ["whisper", "piper", "llm", "avatar"]
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture(scope="session")
