@@ -2,15 +2,18 @@
 
 The first piece ends at the first clause boundary (so the voice starts after a
 few words); later pieces end at sentence boundaries (better prosody), or at a
-clause boundary once they grow long.
+clause boundary once they grow long. Boundaries come from the abbreviation-aware
+splitter the TTS model uses too, so "Mr. Jones at 5 p.m." is never cut into
+fragments.
 """
 
 from __future__ import annotations
 
 import re
 
-_SENTENCE = re.compile(r"[.!?…](?:[\"')\]]*)(?=\s)")
-_CLAUSE = re.compile(r"[,;:—–](?=\s)")
+from rtmedia_models_common.sentences import binds_to_next, clause_ends, sentence_ends
+
+_WORD = re.compile(r"\S+(?=\s)")  # a word known to be complete: whitespace follows
 
 
 class ClauseSplitter:
@@ -31,35 +34,34 @@ class ClauseSplitter:
 
     def _next(self) -> str | None:
         buf = self.buffer
-        cut = None
-        for m in _SENTENCE.finditer(buf):
-            cut = m.end()
-            break
+        cuts = sentence_ends(buf, final=False)
         if self.emitted == 0 or len(buf) > self.long_chars:
-            for m in _CLAUSE.finditer(buf):
-                if cut is None or m.end() < cut:
-                    cut = m.end()
-                break
-        if cut is None and self.emitted == 0:
-            # No boundary yet: start speaking after a few words anyway.
-            words = buf.split(" ")
-            if len(words) > self.first_max_words + 1:
-                cut = len(" ".join(words[:self.first_max_words]))
+            cuts = sorted({*cuts, *clause_ends(buf, final=False)})
+        if self.emitted == 0:
+            # A boundary too early to be worth a TTS call is skipped.
+            cut = next((c for c in cuts if len(buf[:c].split()) >= self.first_min_words),
+                       None)
+            if cut is None:
+                # No boundary yet: start speaking after a few words anyway.
+                cut = self._after_words(buf)
+        else:
+            cut = cuts[0] if cuts else None
         if cut is None:
             return None
         piece = buf[:cut].strip()
-        if self.emitted == 0 and len(piece.split()) < self.first_min_words and cut < len(buf):
-            # too short to be worth a TTS call: wait for the next boundary
-            nxt = _SENTENCE.search(buf, cut) or _CLAUSE.search(buf, cut)
-            if nxt is None:
-                return None
-            cut = nxt.end()
-            piece = buf[:cut].strip()
         self.buffer = buf[cut:]
         if not piece:
             return None
         self.emitted += 1
         return piece
+
+    def _after_words(self, buf: str) -> int | None:
+        """The end of the first ``first_max_words`` complete words, not right after a
+        word that leads into the next one ("Dr.", "e.g.")."""
+        for count, m in enumerate(_WORD.finditer(buf), 1):
+            if count >= self.first_max_words and not binds_to_next(m.group()):
+                return m.end()
+        return None
 
     def flush(self) -> list[str]:
         rest, self.buffer = self.buffer.strip(), ""
