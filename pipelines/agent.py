@@ -1,45 +1,47 @@
-"""The voice-agent loop for one session, independent of the transport.
+"""The voice agent of one session: the stages wired together, independent of transport.
 
-    audio in -> VAD -> streaming STT (partials, final) -> LLM (tokens) -> clauses
-             -> TTS (audio chunks) -> frames out
+    audio in -> TurnDetector -> Utterance (streaming STT) -> Conversation
+             -> Responder (LLM -> clauses -> TTS) -> Playout -> AudioSink (transport)
 
-Each stage runs as its own task so audio intake never waits on a model. A user
-turn is an *utterance* (one Triton STT sequence); a reply is a *response* task
-that pipelines LLM tokens into TTS clause by clause. Barge-in cancels the
-response task: closing its Triton streams cancels the requests inside Triton.
-``close()`` cancels everything, so nothing runs after a client leaves.
+``VoiceAgent`` only coordinates; each stage has one job (see its module). The
+STT, LLM and TTS services and the audio sink are injected, so the unit tests
+drive the same code with scripted fakes and a fake clock.
+
+Speculative end of turn: at the first short pause the utterance's STT sequence
+is ended and a reply started, its output held back. When the silence confirms
+the turn the held output is released; when the user goes on talking, the reply
+is cancelled (inside Triton too) and the utterance continues on a new sequence.
+
+Barge-in: user speech while the reply is generating *or still playing* stops the
+output at once and cancels the generation; the history keeps what was heard.
+Every way a session ends goes through ``close()``, which cancels all its work.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import itertools
 import logging
-import time
-from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 
 import numpy as np
 
 from pipelines import frames as F
-from pipelines.audio import Resampler
-from pipelines.clauses import ClauseSplitter
-from pipelines.router import ModelRouter
-from pipelines.services import STTStream, chat, synthesize
+from pipelines.clock import SYSTEM_CLOCK, Clock
+from pipelines.conversation import Conversation, UnknownItem, heard_text
+from pipelines.ids import new_id
+from pipelines.playout import AudioSink, PacedDeltaSink, Playout
+from pipelines.responder import AudioOut, FinishOut, ReplyOptions, Responder, TextOut
+from pipelines.services import Services
+from pipelines.transcriber import Utterance
 from pipelines.triton_client import TritonModelError, TritonUnavailable
-from pipelines.vad import FRAME, RATE, VadConfig, VoiceActivity
+from pipelines.turns import TurnDetector
+from pipelines.vad import RATE, VadConfig
 
 log = logging.getLogger(__name__)
-_ids = itertools.count(1)
-STT_SEND_S = 0.1
 DEFAULT_INSTRUCTIONS = ("You are a friendly voice assistant. Answer in one or two short "
                         "sentences of plain spoken English.")
-
-
-def new_id(prefix: str) -> str:
-    return f"{prefix}_{next(_ids):06d}{int(time.time() * 1000) % 100000:05d}"
 
 
 @dataclass
@@ -53,20 +55,18 @@ class AgentConfig:
     interrupt_response: bool = True  # barge-in
     vad: VadConfig = field(default_factory=VadConfig)
     output_rate: int = 24000
+    audio_output: bool = True  # False: text-only replies (no TTS)
     respond: bool = True  # False for transcription-only sessions
     max_output_tokens: int = 120
     temperature: float = 0.7
     seed: int | None = None  # fixed sampling (tests, reproducible demos)
-    max_history: int = 20  # messages kept besides the system prompt
-    audio_delta_ms: int = 200  # size of outbound audio pieces
-    # "deltas": audio in audio_delta_ms pieces (WebSocket); "chunks": one frame per TTS
-    # piece with its alignment (WebRTC tracks and the avatar)
-    audio_mode: str = "deltas"
+    max_history: int = 20  # items kept besides the instructions
+    max_utterance_s: float = 120.0  # audio of one user turn kept for STT
 
 
 @dataclass
 class TurnTimes:
-    """Monotonic times of one turn, for latency metrics."""
+    """Clock times of one turn, for the latency metrics."""
 
     speech_stopped: float | None = None
     transcript: float | None = None
@@ -74,48 +74,49 @@ class TurnTimes:
     first_audio: float | None = None
 
 
-class _Utterance:
-    def __init__(self, item_id: str, stream: STTStream):
-        self.item_id = item_id
-        self.stream = stream
-        self.queue: asyncio.Queue[np.ndarray | None] = asyncio.Queue()
-        self.task: asyncio.Task | None = None
-        self.samples = 0
-        self.text = ""
-        self.audio: list[np.ndarray] = []  # everything heard, to restart after a pause
-        self.ended = False  # END sent to STT (commit, or a speculative end of turn)
-        self.speculative = False  # ended on a pause that silence has not confirmed yet
-        self.confirmed = False
-        self.final: tuple[str, dict] | None = None  # held while speculative
+_RELEASE, _END = object(), object()
 
 
 class _Hold:
-    """Frames of a speculative response, kept back until the end of turn is confirmed."""
+    """A speculative reply's output, kept back until the end of turn is confirmed."""
 
-    def __init__(self) -> None:
+    def __init__(self, user_text: str) -> None:
+        self.user_text = user_text
         self.released = False
-        self.frames: list[F.Frame] = []
-        self.reply_text: str | None = None  # set when the reply finished while held
+        self.inbox: asyncio.Queue | None = None  # the reply task's inbox, for the release
+
+    def release(self) -> None:
+        self.released = True
+        if self.inbox is not None:
+            self.inbox.put_nowait(_RELEASE)
 
 
 class VoiceAgent:
     """One conversation. Feed audio with ``push_audio``; read frames from ``frames``."""
 
-    def __init__(self, router: ModelRouter, config: AgentConfig | None = None,
-                 on_metric: Callable[[str, float], None] | None = None):
-        self.router = router
+    def __init__(self, services: Services, config: AgentConfig | None = None, *,
+                 sink: AudioSink | None = None, frames: asyncio.Queue | None = None,
+                 clock: Clock = SYSTEM_CLOCK, session_id: str = "",
+                 on_metric: Callable[[str, float], None] | None = None,
+                 vad_classifier: Callable[[np.ndarray], bool] | None = None):
+        self.services = services
         self.config = config or AgentConfig()
-        self.frames: asyncio.Queue[F.Frame] = asyncio.Queue()
-        self.vad = VoiceActivity(self.config.vad)
-        self.history: list[dict] = []
-        self._prefix: deque[np.ndarray] = deque()
-        self._prefix_samples = 0
-        self._utt: _Utterance | None = None
+        self.frames: asyncio.Queue[F.Frame] = frames if frames is not None else asyncio.Queue()
+        self.clock = clock
+        self.session_id = session_id
+        self._vad_classifier = vad_classifier
+        self.turns = TurnDetector(self.config.vad, vad_classifier)
+        self.conversation = Conversation(self.config.max_history)
+        self.sink = sink or PacedDeltaSink(self.frames.put_nowait, rate=self.config.output_rate,
+                                           clock=clock)
+        self.playout = Playout(self.sink)
+        self.responder = Responder(services.llm, services.tts)
+        self._utt: Utterance | None = None
         self._response: asyncio.Task | None = None
+        self._hold: _Hold | None = None
         self._tasks: set[asyncio.Task] = set()
         self._last_item: str | None = None
         self._turn = TurnTimes()
-        self._hold: _Hold | None = None
         self._on_metric = on_metric or (lambda name, value: None)
         self.closed = False
 
@@ -124,11 +125,27 @@ class VoiceAgent:
         vad_changed = "vad" in changes and changes["vad"] != self.config.vad
         self.config = replace(self.config, **changes)
         if vad_changed:
-            self.vad = VoiceActivity(self.config.vad)
+            self.turns = TurnDetector(self.config.vad, self._vad_classifier)
+        self.conversation.max_items = self.config.max_history
+        if isinstance(self.sink, PacedDeltaSink):
+            self.sink.rate = self.config.output_rate
 
     @property
     def responding(self) -> bool:
+        """A reply is being generated (or its audio is still being sent)."""
         return self._response is not None and not self._response.done()
+
+    @property
+    def speaking(self) -> bool:
+        """The assistant is talking: generating, or audio not yet played."""
+        return self.responding or self.playout.speaking
+
+    def _emit(self, frame: F.Frame) -> None:
+        self.frames.put_nowait(frame)
+
+    def _metric(self, stage: str, at: float) -> None:
+        if self._turn.speech_stopped is not None:
+            self._on_metric(stage, max(0.0, at - self._turn.speech_stopped))
 
     # -- audio in -------------------------------------------------------------------------
     async def push_audio(self, audio: np.ndarray) -> None:
@@ -136,61 +153,39 @@ class VoiceAgent:
         if self.closed:
             return
         if not self.config.turn_detection:
-            self._utterance().queue.put_nowait(audio)
+            self._utterance().push(audio)
             return
-        # 20 ms at a time, so a start and a stop inside one large chunk both land
-        # on the right audio.
-        for i in range(0, audio.size, FRAME):
-            piece = audio[i:i + FRAME]
-            events = self.vad.feed(piece)
-            for ev in events:
-                if ev.kind == "speech_started":
-                    await self._speech_started(ev.at_ms)
-                elif ev.kind == "speech_resumed":
-                    await self._speech_resumed()
-            utt = self._utt
-            if utt is not None:
-                utt.audio.append(piece)
-                if not utt.ended:
-                    utt.queue.put_nowait(piece)
-            else:
-                self._remember_prefix(piece)
-            for ev in events:
-                if ev.kind == "speech_paused":
-                    self._speech_paused()
-                elif ev.kind == "speech_stopped":
-                    self._speech_stopped(ev.at_ms)
+        for ev in self.turns.feed(audio):
+            if ev.kind == "audio":
+                if self._utt is not None:
+                    self._utt.push(ev.audio)
+            elif ev.kind == "started":
+                await self._speech_started(ev.at_ms, ev.audio)
+            elif ev.kind == "paused":
+                self._speech_paused()
+            elif ev.kind == "resumed":
+                await self._speech_resumed()
+            elif ev.kind == "stopped":
+                self._speech_stopped(ev.at_ms)
 
-    def _remember_prefix(self, audio: np.ndarray) -> None:
-        self._prefix.append(audio)
-        self._prefix_samples += audio.size
-        keep = self.config.vad.prefix_padding_ms * RATE // 1000
-        while self._prefix and self._prefix_samples - self._prefix[0].size >= keep:
-            self._prefix_samples -= self._prefix.popleft().size
-
-    async def _speech_started(self, at_ms: int) -> None:
+    async def _speech_started(self, at_ms: int, prefix: np.ndarray | None) -> None:
         # A new turn: a speculative reply started during it shares this object, so
         # its latencies count from the end of speech confirmed later.
         self._turn = TurnTimes()
         utt = self._utterance()
-        self.frames.put_nowait(F.SpeechStarted(utt.item_id, at_ms))
-        if self.responding and self.config.interrupt_response:
-            await self.cancel_response("turn_detected")  # barge-in
-        if self._prefix:
-            prefix = np.concatenate(list(self._prefix))
-            utt.audio.append(prefix)
-            utt.queue.put_nowait(prefix)
-        self._prefix.clear()
-        self._prefix_samples = 0
+        self._emit(F.SpeechStarted(utt.item_id, at_ms))
+        if self.config.interrupt_response and self.speaking:
+            await self.interrupt("turn_detected")  # barge-in
+        if prefix is not None and prefix.size:
+            utt.push(prefix)
 
     def _speech_paused(self) -> None:
         """A pause that may be the end of the turn: finish the transcript (and start the
         reply) now, holding the output back until the silence is long enough."""
         utt = self._utt
-        if utt is None or utt.ended or not self.config.turn_detection or self.responding:
+        if utt is None or utt.ended or self.responding:
             return
-        utt.ended = utt.speculative = True
-        utt.queue.put_nowait(None)
+        utt.end(speculative=True)
 
     async def _speech_resumed(self) -> None:
         """The user went on talking: drop the speculative reply, continue the utterance
@@ -198,33 +193,25 @@ class VoiceAgent:
         utt = self._utt
         if utt is None or not utt.speculative or utt.confirmed:
             return
-        if self._response is not None and self._hold is not None:
+        if self._hold is not None:
+            self._hold = None
             await self.cancel_response("speech_resumed")
-        self._hold = None
-        if utt.task is not None and not utt.task.done():
-            utt.task.cancel()
-        route = self.router.route("stt")
-        utt.stream = STTStream(route.client, model=route.model, language=self.config.language)
-        utt.queue = asyncio.Queue()
-        utt.ended = utt.speculative = False
-        utt.final, utt.text, utt.samples = None, "", 0
-        utt.queue.put_nowait(np.concatenate(utt.audio))
-        utt.task = self._spawn(self._transcribe(utt))
+        utt.resume()
 
     def _speech_stopped(self, at_ms: int) -> None:
         utt = self._utt
         if utt is None:
             return
-        self._turn.speech_stopped = time.monotonic()
-        self.frames.put_nowait(F.SpeechStopped(utt.item_id, at_ms))
+        self._turn.speech_stopped = self.clock.now()
+        self._emit(F.SpeechStopped(utt.item_id, at_ms))
         self.commit()
 
-    def _utterance(self) -> _Utterance:
+    def _utterance(self) -> Utterance:
         if self._utt is None:
-            route = self.router.route("stt")
-            stt = STTStream(route.client, model=route.model, language=self.config.language)
-            self._utt = _Utterance(new_id("item"), stt)
-            self._utt.task = self._spawn(self._transcribe(self._utt))
+            self._utt = Utterance(new_id("item"), self.services.stt, self.config.language,
+                                  on_partial=self._partial, on_final=self._final,
+                                  on_failed=self._stt_failed,
+                                  max_s=self.config.max_utterance_s)
         return self._utt
 
     def commit(self) -> str | None:
@@ -233,136 +220,88 @@ class VoiceAgent:
         if utt is None:
             return None
         if not self.config.turn_detection:  # the client's commit ends its turn
-            self._turn = TurnTimes(speech_stopped=time.monotonic())
-        self.frames.put_nowait(F.BufferCommitted(utt.item_id, self._last_item))
+            self._turn = TurnTimes(speech_stopped=self.clock.now())
+        elif self.turns.speaking:  # the client committed in the middle of speech
+            self.turns.end_turn()
+        self._emit(F.BufferCommitted(utt.item_id, self._last_item))
         self._last_item = utt.item_id
         utt.confirmed = True
         if not utt.ended:
-            utt.ended = True
-            utt.queue.put_nowait(None)
+            utt.end()
         elif utt.final is not None:  # the speculative transcript was ready: use it now
             self._publish_final(utt, *utt.final)
         return utt.item_id
 
     async def clear(self) -> None:
         utt, self._utt = self._utt, None
-        if utt is not None and utt.task is not None:
-            utt.task.cancel()
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await utt.task
-        self.vad.reset()
-        self.frames.put_nowait(F.BufferCleared())
+        if utt is not None:
+            await utt.cancel()
+        self.turns.end_turn()
+        self._emit(F.BufferCleared())
 
-    async def _transcribe(self, utt: _Utterance) -> None:
-        """Send the utterance's audio to STT as it comes; emit partials and the final.
+    # -- transcription callbacks ------------------------------------------------------------
+    def _partial(self, utt: Utterance, delta: str, text: str) -> None:
+        self._emit(F.TranscriptDelta(utt.item_id, delta, text))
 
-        Audio is sent in pieces of at least ``STT_SEND_S`` (fewer requests), and
-        whatever queued up while a partial was being decoded goes out as one piece.
-        """
-        stream, queue = utt.stream, utt.queue  # a resumed utterance gets new ones
-        pending: list[np.ndarray] = []
-        pending_samples = 0
-        try:
-            while True:
-                chunk = await queue.get()
-                end = chunk is None
-                if chunk is not None:
-                    pending.append(chunk)
-                    pending_samples += chunk.size
-                while not end and not queue.empty():
-                    nxt = queue.get_nowait()
-                    if nxt is None:
-                        end = True
-                    else:
-                        pending.append(nxt)
-                        pending_samples += nxt.size
-                if not end and pending_samples < STT_SEND_S * RATE:
-                    continue
-                data = np.concatenate(pending) if pending else np.zeros(0, np.float32)
-                pending, pending_samples = [], 0
-                utt.samples += data.size
-                for t in await stream.push(data, end=end):
-                    if t.final:
-                        self._final_transcript(utt, t.text, t.details)
-                    elif t.text:
-                        delta = t.text[len(utt.text):] if t.text.startswith(utt.text) \
-                            else t.text
-                        utt.text = t.text
-                        self.frames.put_nowait(F.TranscriptDelta(utt.item_id, delta, t.text))
-                if end:
-                    return
-        except (TritonUnavailable, TritonModelError) as exc:
-            if stream is utt.stream:  # not an abandoned sequence of a resumed utterance
-                self.frames.put_nowait(F.TranscriptFailed(utt.item_id, str(exc)))
-                self.frames.put_nowait(F.ErrorFrame("transcription_failed", str(exc)))
-        finally:
-            await stream.close()
+    def _stt_failed(self, utt: Utterance, message: str) -> None:
+        log.warning("session %s: transcription of %s failed: %s", self.session_id,
+                    utt.item_id, message)
+        self._emit(F.TranscriptFailed(utt.item_id, message))
+        self._emit(F.ErrorFrame("transcription_failed", message))
 
-    def _final_transcript(self, utt: _Utterance, text: str, details: dict) -> None:
+    def _final(self, utt: Utterance, text: str, details: dict) -> None:
         if utt.speculative and not utt.confirmed:
-            utt.final = (text, details)
             cfg = self.config
-            if text.strip() and cfg.respond and cfg.create_response:
+            if text.strip() and cfg.respond and cfg.create_response and not self.responding:
                 # start thinking while the silence is being confirmed
-                self._hold = _Hold()
-                self.start_response(user_text=text, hold=self._hold)
+                self._hold = _Hold(text)
+                self.start_response(hold=self._hold)
             return
         self._publish_final(utt, text, details)
 
-    def _publish_final(self, utt: _Utterance, text: str, details: dict) -> None:
-        now = time.monotonic()
-        if self._turn.speech_stopped is not None:
+    def _publish_final(self, utt: Utterance, text: str, details: dict) -> None:
+        now = self.clock.now()
+        if self._turn.speech_stopped is not None and self._turn.transcript is None:
             self._turn.transcript = now
-            self._on_metric("stt_final", max(0.0, now - self._turn.speech_stopped))
-        self.frames.put_nowait(F.TranscriptCompleted(utt.item_id, text, details,
-                                                     utt.samples / RATE))
-        if not self.config.respond or not text.strip():
-            return
+            self._metric("stt_final", now)
+        self._emit(F.TranscriptCompleted(utt.item_id, text, details, utt.sent_samples / RATE))
         hold, self._hold = self._hold, None
-        self.add_message("user", text)
-        if hold is not None:
-            self._release(hold)
-            if hold.reply_text:  # the reply finished while it was held
-                self.add_message("assistant", hold.reply_text)
+        if not self.config.respond or not text.strip():
+            if hold is not None:
+                self._spawn(self.cancel_response("empty_transcript"))
+            return
+        self.conversation.add(utt.item_id, "user", text)
+        if hold is not None and hold.user_text == text:
+            hold.release()
+            return
+        if hold is not None:  # the final changed after the guess: answer the real one
+            self._spawn(self._restart_response())
             return
         if self.config.create_response and self.config.turn_detection:
             self.start_response()
 
-    def _release(self, hold: _Hold) -> None:
-        """The end of turn is confirmed: send what the speculative reply has so far."""
-        hold.released = True
-        turn = self._turn
-        for frame in hold.frames:
-            self.frames.put_nowait(frame)
-            if isinstance(frame, F.ResponseTextDelta) and turn.first_token is None:
-                turn.first_token = time.monotonic()
-                self._on_metric("first_token", turn.first_token - turn.speech_stopped)
-            if isinstance(frame, F.ResponseAudioDelta | F.ResponseAudioChunk) and \
-                    turn.first_audio is None:
-                turn.first_audio = time.monotonic()
-                self._on_metric("first_audio", turn.first_audio - turn.speech_stopped)
-        hold.frames.clear()
+    async def _restart_response(self) -> None:
+        await self.cancel_response("transcript_changed")
+        self.start_response()
 
-    # -- responses ------------------------------------------------------------------------
-    def add_message(self, role: str, text: str) -> None:
-        self.history.append({"role": role, "content": text})
-        del self.history[:-self.config.max_history]
+    # -- replies ----------------------------------------------------------------------------
+    def add_message(self, role: str, text: str, item_id: str | None = None) -> str:
+        item_id = item_id or new_id("item")
+        self.conversation.add(item_id, role, text)
+        return item_id
 
-    def start_response(self, instructions: str | None = None, *, user_text: str | None = None,
+    def start_response(self, instructions: str | None = None, *,
                        hold: _Hold | None = None) -> str | None:
-        """Start a reply to the conversation so far (plus ``user_text`` for a speculative
-        reply, whose frames ``hold`` keeps back); None when one is already running."""
+        """Start a reply to the conversation so far (plus the held user text of a
+        speculative reply); None when one is already running."""
         if self.responding:
             return None
         rid = new_id("resp")
-        self._response = self._spawn(self._respond(rid, instructions, user_text, hold))
+        messages = self.conversation.messages(instructions or self.config.instructions)
+        if hold is not None:
+            messages.append({"role": "user", "content": hold.user_text})
+        self._response = self._spawn(self._respond(rid, messages, hold))
         return rid
-
-    def _out(self, frame: F.Frame, hold: _Hold | None) -> None:
-        if hold is not None and not hold.released:
-            hold.frames.append(frame)
-        else:
-            self.frames.put_nowait(frame)
 
     async def cancel_response(self, reason: str = "client_cancelled") -> bool:
         task = self._response
@@ -373,97 +312,143 @@ class VoiceAgent:
             await task
         return True
 
-    async def _respond(self, rid: str, instructions: str | None, user_text: str | None = None,
-                       hold: _Hold | None = None) -> None:
-        item_id = new_id("item")
+    async def interrupt(self, reason: str) -> bool:
+        """Stop the assistant now: output first (the listener must hear nothing more),
+        then generation. The reply's history item keeps what was heard."""
+        heard = self.playout.interrupt()
+        cancelled = await self.cancel_response(reason)
+        if heard is not None and not cancelled:  # generation was over: audio was playing
+            self._truncated(heard.item_id, heard.response_id, heard.audio_end_s,
+                            heard_text(heard.spans, heard.audio_end_s))
+        return heard is not None or cancelled
+
+    def truncate(self, item_id: str, audio_end_ms: int) -> str:
+        """The client says only ``audio_end_ms`` of an assistant item was heard."""
+        item = self.conversation.get(item_id)  # UnknownItem for a wrong id
+        if item.role != "assistant":
+            raise ValueError(f"item {item_id} is a {item.role} message, not assistant audio")
+        if audio_end_ms / 1000 > item.audio_s + 0.001:
+            raise ValueError(f"audio_end_ms {audio_end_ms} is beyond the item's audio "
+                             f"({item.audio_s * 1000:.0f} ms)")
+        if self.playout.item_id == item_id:
+            self.playout.interrupt()
+        return self.conversation.truncate(item_id, audio_end_ms / 1000).text
+
+    def _truncated(self, item_id: str, response_id: str, audio_end_s: float, text: str) -> None:
+        with contextlib.suppress(UnknownItem, ValueError):
+            text = self.conversation.truncate(item_id, audio_end_s).text
+        self._emit(F.OutputInterrupted(response_id, item_id, round(audio_end_s * 1000), text))
+
+    def _options(self) -> ReplyOptions:
         cfg = self.config
-        self._out(F.ResponseStarted(rid, item_id), hold)
-        messages = [{"role": "system", "content": instructions or cfg.instructions},
-                    *self.history]
-        if user_text is not None:
-            messages.append({"role": "user", "content": user_text})
-        spoken: list[str] = []
-        audio_samples = 0
-        clauses: asyncio.Queue[str | None] = asyncio.Queue()
-        turn = self._turn
-        llm = self.router.route("agent")
-        tts = self.router.route("tts")
+        return ReplyOptions(output_rate=self.sink.rate, audio=cfg.audio_output,
+                            voice=cfg.voice, language=cfg.tts_language,
+                            max_tokens=cfg.max_output_tokens, temperature=cfg.temperature,
+                            seed=cfg.seed)
 
-        async def generate() -> None:
-            splitter = ClauseSplitter()
-            gen = chat(llm.client, messages, model=llm.model,
-                       max_tokens=cfg.max_output_tokens, temperature=cfg.temperature,
-                       seed=cfg.seed)
-            async with contextlib.aclosing(gen):
-                async for tok in gen:
-                    if not tok.text:
-                        continue
-                    held = hold is not None and not hold.released
-                    if turn.first_token is None and turn.speech_stopped is not None \
-                            and not held:
-                        turn.first_token = time.monotonic()
-                        self._on_metric("first_token", turn.first_token - turn.speech_stopped)
-                    spoken.append(tok.text)
-                    self._out(F.ResponseTextDelta(rid, item_id, tok.text), hold)
-                    for clause in splitter.push(tok.text):
-                        clauses.put_nowait(clause)
-            for clause in splitter.flush():
-                clauses.put_nowait(clause)
-
-        async def produce() -> None:
-            try:
-                await generate()
-            finally:
-                clauses.put_nowait(None)
-
-        producer = asyncio.create_task(produce())
+    async def _respond(self, rid: str, messages: list[dict], hold: _Hold | None) -> None:
+        item_id = new_id("item")
+        inbox: asyncio.Queue = asyncio.Queue()
+        held: list = []
+        if hold is not None:
+            hold.inbox = inbox
+            if hold.released:
+                inbox.put_nowait(_RELEASE)
+        is_held = lambda: hold is not None and not hold.released  # noqa: E731
+        options = self._options()
+        pump = asyncio.create_task(self._pump(messages, options, inbox))
+        text: list[str] = []
         status, reason = "completed", None
+        started = False
+
+        async def deliver(item) -> None:
+            nonlocal started
+            if not started:
+                started = True
+                self.playout.begin(rid, item_id)
+                self._emit(F.ResponseStarted(rid, item_id))
+            if isinstance(item, TextOut):
+                if self._turn.first_token is None:
+                    self._turn.first_token = self.clock.now()
+                    self._metric("first_token", self._turn.first_token)
+                self._emit(F.ResponseTextDelta(rid, item_id, item.delta))
+            elif isinstance(item, AudioOut):
+                if self._turn.first_audio is None:
+                    self._turn.first_audio = self.clock.now()
+                    self._metric("first_audio", self._turn.first_audio)
+                await self.playout.write(item)
+
         try:
-            resampler: Resampler | None = None
-            piece = cfg.output_rate * cfg.audio_delta_ms // 1000
-            while (clause := await clauses.get()) is not None:
-                gen = synthesize(tts.client, clause, model=tts.model, voice=cfg.voice,
-                                 language=cfg.tts_language)
-                async with contextlib.aclosing(gen):
-                    async for chunk in gen:
-                        if resampler is None:
-                            resampler = Resampler(chunk.sample_rate, cfg.output_rate)
-                        pcm = resampler.process(chunk.audio)
-                        if turn.first_audio is None and turn.speech_stopped is not None \
-                                and (hold is None or hold.released):
-                            turn.first_audio = time.monotonic()
-                            self._on_metric("first_audio",
-                                            turn.first_audio - turn.speech_stopped)
-                        if cfg.audio_mode == "chunks":
-                            self._out(F.ResponseAudioChunk(
-                                rid, item_id, pcm.astype("<i2").tobytes(), chunk.alignment,
-                                audio_samples / cfg.output_rate), hold)
-                            audio_samples += pcm.size
-                            continue
-                        for i in range(0, pcm.size, piece):
-                            part = pcm[i:i + piece]
-                            audio_samples += part.size
-                            self._out(F.ResponseAudioDelta(
-                                rid, item_id, part.astype("<i2").tobytes(),
-                                chunk.alignment if i == 0 else None), hold)
-            await producer  # re-raise LLM errors
+            while True:
+                item = await inbox.get()
+                if item is _RELEASE:
+                    for h in held:
+                        await deliver(h)
+                    held.clear()
+                elif item is _END:
+                    if not is_held():
+                        break
+                elif isinstance(item, BaseException):
+                    raise item
+                elif isinstance(item, FinishOut):
+                    pass
+                else:
+                    if isinstance(item, TextOut):
+                        text.append(item.delta)
+                    if is_held():
+                        held.append(item)
+                    else:
+                        await deliver(item)
+            await self.sink.flush()  # WebSocket: every delta sent before response.done
         except asyncio.CancelledError as exc:
             status, reason = "cancelled", (exc.args[0] if exc.args else "client_cancelled")
         except (TritonUnavailable, TritonModelError) as exc:
             status, reason = "failed", str(exc)
-            self._out(F.ErrorFrame("response_failed", str(exc)), hold)
+            log.warning("session %s: response %s failed: %s", self.session_id, rid, exc)
+        except Exception as exc:  # a bug: say so to the client and in the log
+            status, reason = "failed", f"internal error: {type(exc).__name__}: {exc}"
+            log.exception("session %s: response %s failed", self.session_id, rid)
         finally:
-            producer.cancel()
+            pump.cancel()
             with contextlib.suppress(asyncio.CancelledError, Exception):
-                await producer
-            text = "".join(spoken).strip()
-            # A reply whose turn is not confirmed yet goes into the history on release.
-            if text and (hold is None or hold.released):
-                self.add_message("assistant", text)
-            elif hold is not None:
-                hold.reply_text = text
-            self._out(F.ResponseDone(rid, item_id, status, text, reason,
-                                     audio_samples / cfg.output_rate), hold)
+                await pump
+            if hold is None or hold.released:  # else a guess taken back: never shown
+                if not started:  # nothing was delivered: still a response to report
+                    self.playout.begin(rid, item_id)
+                    self._emit(F.ResponseStarted(rid, item_id))
+                if status == "failed":
+                    self._emit(F.ErrorFrame("response_failed", reason or "response failed"))
+                full = "".join(text).strip()
+                self._finish_item(rid, item_id, full, status)
+                audio_s = self.playout.audio_s if self.playout.response_id == rid else 0.0
+                self._emit(F.ResponseDone(rid, item_id, status, full, reason, audio_s))
+
+    def _finish_item(self, rid: str, item_id: str, text: str, status: str) -> None:
+        """The assistant item goes into the history with what the listener heard."""
+        spans = list(self.playout.spans) if self.playout.response_id == rid else []
+        if not spans:
+            # text only, or stopped before any audio: in a spoken reply nothing was heard
+            if text and (status == "completed" or not self.config.audio_output):
+                self.conversation.add(item_id, "assistant", text)
+            return
+        self.conversation.add(item_id, "assistant", text, spans)
+        if status != "completed":
+            heard = self.playout.heard()
+            end_s = heard.audio_end_s if heard is not None else 0.0
+            self._truncated(item_id, rid, end_s, heard_text(spans, end_s))
+
+    async def _pump(self, messages: list[dict], options: ReplyOptions,
+                    inbox: asyncio.Queue) -> None:
+        try:
+            async with contextlib.aclosing(self.responder.run(messages, options)) as gen:
+                async for item in gen:
+                    inbox.put_nowait(item)
+        except asyncio.CancelledError:
+            raise
+        except BaseException as exc:
+            inbox.put_nowait(exc)
+        finally:
+            inbox.put_nowait(_END)
 
     # -- lifecycle ------------------------------------------------------------------------
     def _spawn(self, coro) -> asyncio.Task:
@@ -475,6 +460,7 @@ class VoiceAgent:
     async def close(self) -> None:
         """Cancel every task and Triton stream of this session."""
         self.closed = True
+        self.sink.clear()
         tasks = list(self._tasks)
         for task in tasks:
             task.cancel()
@@ -482,6 +468,5 @@ class VoiceAgent:
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await task
         if self._utt is not None:
-            await self._utt.stream.close()
+            await self._utt.cancel()
             self._utt = None
-

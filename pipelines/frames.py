@@ -82,17 +82,6 @@ class ResponseAudioDelta(Frame):
 
 
 @dataclass
-class ResponseAudioChunk(Frame):
-    """One whole TTS piece (for media tracks and the avatar), instead of deltas."""
-
-    response_id: str
-    item_id: str
-    pcm16: bytes  # at the session's output rate
-    alignment: dict
-    offset_s: float  # where this piece starts in the reply's audio
-
-
-@dataclass
 class ResponseDone(Frame):
     response_id: str
     item_id: str
@@ -100,6 +89,17 @@ class ResponseDone(Frame):
     transcript: str
     reason: str | None = None  # turn_detected | client_cancelled | error message
     audio_s: float = 0.0
+
+
+@dataclass
+class OutputInterrupted(Frame):
+    """Playback of a reply was stopped (barge-in, the client's clear or cancel): the
+    listener heard ``audio_end_ms`` of it, and the history keeps only ``transcript``."""
+
+    response_id: str
+    item_id: str
+    audio_end_ms: int
+    transcript: str
 
 
 @dataclass

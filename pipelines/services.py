@@ -3,6 +3,10 @@
 Each hides the tensor names of its model behind a small interface (push audio
 and read transcripts; text in, audio chunks out; messages in, tokens out) so
 pipeline stages, the CLI, tests and benchmarks speak in domain terms.
+
+The agent's stages see only the ``STT``/``LLM``/``TTS`` protocols below: the
+Triton implementations are wired in production and the real-Triton tests,
+scripted fakes with timing in the unit tests.
 """
 
 from __future__ import annotations
@@ -12,9 +16,11 @@ import json
 import secrets
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
+from typing import Protocol
 
 import numpy as np
 
+from pipelines.router import ModelRouter
 from pipelines.triton_client import TritonClient, TritonStream
 
 STT_RATE = 16000
@@ -62,9 +68,6 @@ class STTStream:
             self._started = False
             self._seq = next(_seq_ids)
         return out
-
-    async def end(self) -> list[Transcript]:
-        return await self.push(np.zeros(0, np.float32), end=True)
 
     async def close(self) -> None:
         await self._stream.close()
@@ -115,3 +118,68 @@ async def chat(client: TritonClient, messages: list[dict], *, model: str = "llm"
     async with client.stream() as stream:
         async for r in stream.infer(model, inputs):
             yield Token(r.text("TEXT"), r.text("FINISH_REASON"))
+
+
+# -- the interfaces the agent's stages are written against --------------------------------
+class STTSession(Protocol):
+    """One utterance: push 16 kHz float32 audio, get partial and final transcripts."""
+
+    async def push(self, audio: np.ndarray, *, end: bool = False) -> list[Transcript]: ...
+
+    async def close(self) -> None: ...
+
+
+class STT(Protocol):
+    def open(self, language: str | None = None) -> STTSession: ...
+
+
+class LLM(Protocol):
+    def chat(self, messages: list[dict], *, max_tokens: int, temperature: float | None,
+             seed: int | None) -> AsyncIterator[Token]: ...
+
+
+class TTS(Protocol):
+    def synthesize(self, text: str, *, voice: str | None,
+                   language: str | None) -> AsyncIterator[AudioChunk]: ...
+
+
+@dataclass
+class Services:
+    stt: STT
+    llm: LLM
+    tts: TTS
+
+
+@dataclass
+class TritonSTT:
+    router: ModelRouter
+
+    def open(self, language: str | None = None) -> STTStream:
+        route = self.router.route("stt")
+        return STTStream(route.client, model=route.model, language=language)
+
+
+@dataclass
+class TritonLLM:
+    router: ModelRouter
+
+    def chat(self, messages: list[dict], *, max_tokens: int, temperature: float | None,
+             seed: int | None) -> AsyncIterator[Token]:
+        route = self.router.route("agent")
+        return chat(route.client, messages, model=route.model, max_tokens=max_tokens,
+                    temperature=temperature, seed=seed)
+
+
+@dataclass
+class TritonTTS:
+    router: ModelRouter
+
+    def synthesize(self, text: str, *, voice: str | None,
+                   language: str | None) -> AsyncIterator[AudioChunk]:
+        route = self.router.route("tts")
+        return synthesize(route.client, text, model=route.model, voice=voice,
+                          language=language)
+
+
+def triton_services(router: ModelRouter) -> Services:
+    return Services(TritonSTT(router), TritonLLM(router), TritonTTS(router))

@@ -3,6 +3,8 @@
 A ``RealtimeSession`` turns client events into calls on a ``VoiceAgent`` and the
 agent's frames into server events. It knows nothing of the transport: it takes
 a ``send(event_dict)`` coroutine, so WebSocket and WebRTC data channels share it.
+Every server event, whether it answers a client event or comes from the agent,
+goes through one queue and one writer, so events leave in the order they happen.
 See docs/protocol.md for the subset, the differences and the extensions.
 """
 
@@ -16,13 +18,17 @@ import json
 import logging
 import time
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, replace
-from typing import Protocol
+from dataclasses import dataclass, field, replace
 
 from pipelines import frames as F
-from pipelines.agent import AgentConfig, VoiceAgent, new_id
+from pipelines.agent import AgentConfig, VoiceAgent
 from pipelines.audio import Resampler, pcm16_to_float
+from pipelines.clock import SYSTEM_CLOCK, Clock
+from pipelines.conversation import UnknownItem
+from pipelines.ids import new_id
+from pipelines.playout import AudioSink
 from pipelines.router import ModelRouter
+from pipelines.services import Services, triton_services
 from pipelines.vad import RATE, VadConfig
 from streaming import metrics as M
 
@@ -49,14 +55,12 @@ class Limits:
     max_text_chars: int = 4000
 
 
-class MediaSink(Protocol):
-    """Where reply audio goes when it does not travel in events (WebRTC tracks)."""
+@dataclass
+class ServerEvent(F.Frame):
+    """An event that answers a client event, queued behind the agent's frames."""
 
-    rate: int
-
-    async def play(self, chunk: F.ResponseAudioChunk) -> None: ...
-
-    def interrupt(self) -> None: ...
+    type: str
+    fields: dict = field(default_factory=dict)
 
 
 class ProtocolError(Exception):
@@ -67,12 +71,14 @@ class ProtocolError(Exception):
 
 
 class RealtimeSession:
-    def __init__(self, send: Callable[[dict], Awaitable[None]], router: ModelRouter, *,
+    def __init__(self, send: Callable[[dict], Awaitable[None]], router: ModelRouter | None, *,
                  kind: str = "realtime", beta: bool = False, limits: Limits | None = None,
-                 model: str = "rtmedia-voice", media: MediaSink | None = None):
+                 model: str = "rtmedia-voice", media: AudioSink | None = None,
+                 services: Services | None = None, clock: Clock = SYSTEM_CLOCK):
         self._send = send
         # WebRTC: reply audio goes to media tracks (with avatar frames), not to events
         self.media = media
+        self.out: asyncio.Queue[F.Frame] = asyncio.Queue()
         self.kind = kind  # "realtime" (voice agent) or "transcription" (captions)
         self.beta = beta
         self.limits = limits or Limits()
@@ -90,8 +96,9 @@ class RealtimeSession:
         self._response_meta: dict[str, dict] = {}
         config = AgentConfig(respond=kind == "realtime")
         if media is not None:
-            config = replace(config, audio_mode="chunks", output_rate=media.rate)
-        self.agent = VoiceAgent(router, config,
+            config = replace(config, output_rate=media.rate)
+        self.agent = VoiceAgent(services or triton_services(router), config, sink=media,
+                                frames=self.out, session_id=self.id, clock=clock,
                                 on_metric=lambda stage, v: M.TURN_LATENCY.labels(stage)
                                 .observe(v))
         self._writer: asyncio.Task | None = None
@@ -99,7 +106,7 @@ class RealtimeSession:
     # -- lifecycle --------------------------------------------------------------------------
     async def start(self) -> None:
         self._writer = asyncio.create_task(self._write_frames())
-        await self.emit("session.created", session=self.describe())
+        self.emit("session.created", session=self.describe())
 
     async def close(self) -> None:
         await self.agent.close()
@@ -108,18 +115,22 @@ class RealtimeSession:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._writer
 
-    async def emit(self, type_: str, **fields) -> None:
+    def emit(self, type_: str, **fields) -> None:
+        """Queue a server event (sent in order by the writer task)."""
+        self.out.put_nowait(ServerEvent(type_, fields))
+
+    async def _send_event(self, type_: str, **fields) -> None:
         if self.beta:
             type_ = BETA_NAMES.get(type_, type_)
         event = {"type": type_, "event_id": new_id("event"), **fields}
         M.FRAMES.labels("out", type_).inc()
         await self._send(event)
 
-    async def error(self, code: str, message: str, *, param: str | None = None,
-                    event_id: str | None = None, type_: str = "invalid_request_error") -> None:
+    def error(self, code: str, message: str, *, param: str | None = None,
+              event_id: str | None = None, type_: str = "invalid_request_error") -> None:
         M.ERRORS.labels(code).inc()
-        await self.emit("error", error={"type": type_, "code": code, "message": message,
-                                        "param": param, "event_id": event_id})
+        self.emit("error", error={"type": type_, "code": code, "message": message,
+                                  "param": param, "event_id": event_id})
 
     # -- inbound ------------------------------------------------------------------------------
     async def handle(self, raw: str | bytes) -> None:
@@ -150,8 +161,12 @@ class RealtimeSession:
                                     param="type")
             await handler(event)
         except ProtocolError as exc:
-            await self.error(exc.code, exc.message, param=exc.param, event_id=event_id,
-                             type_=exc.type)
+            self.error(exc.code, exc.message, param=exc.param, event_id=event_id,
+                       type_=exc.type)
+        except Exception as exc:  # a bug must not end the session silently
+            log.exception("session %s: handling a client event failed", self.id)
+            self.error("server_error", f"internal error: {type(exc).__name__}",
+                       event_id=event_id, type_="server_error")
 
     def _take_token(self) -> bool:
         now = time.monotonic()
@@ -219,6 +234,7 @@ class RealtimeSession:
                 raise ProtocolError("invalid_modalities", 'output_modalities must be ["audio"] '
                                     'or ["text"]', param="session.output_modalities")
             self.output_modalities = modalities
+            changes["audio_output"] = "audio" in modalities
         if isinstance(s.get("temperature"), int | float):
             changes["temperature"] = float(min(2.0, max(0.0, s["temperature"])))
         if isinstance(s.get("seed"), int):  # extension
@@ -234,7 +250,7 @@ class RealtimeSession:
         changes["respond"] = self.kind == "realtime"
         self.agent.configure(**changes)
         self.configured = True
-        await self.emit("session.updated", session=self.describe())
+        self.emit("session.updated", session=self.describe())
 
     def _rate(self, fmt, beta_fmt, where: str) -> int | None:
         if isinstance(fmt, dict):
@@ -334,7 +350,7 @@ class RealtimeSession:
                                 "bytes", param="audio")
         if not self.configured and not self._warned_unconfigured:
             self._warned_unconfigured = True
-            await self.error("session_not_configured",
+            self.error("session_not_configured",
                              "audio arrived before session.update: using the defaults "
                              f"(PCM16 {self.input_rate} Hz mono, server VAD)")
         if not self.agent.config.turn_detection:
@@ -378,8 +394,9 @@ class RealtimeSession:
         self.agent.start_response(instructions if isinstance(instructions, str) else None)
 
     async def _response_cancel(self, event: dict) -> None:
-        if not await self.agent.cancel_response("client_cancelled"):
+        if not self.agent.responding:
             raise ProtocolError("response_cancel_not_active", "no response is in progress")
+        await self.agent.interrupt("client_cancelled")  # its audio stops too
 
     async def _item_create(self, event: dict) -> None:
         item = event.get("item")
@@ -396,130 +413,159 @@ class RealtimeSession:
         if len(text) > self.limits.max_text_chars:
             raise ProtocolError("text_too_long", f"text exceeds {self.limits.max_text_chars} "
                                 "characters", param="item.content")
-        self.agent.add_message(role, text)
-        item_id = item.get("id") or new_id("item")
-        await self.emit("conversation.item.added", previous_item_id=None, item={
+        item_id = item.get("id") if isinstance(item.get("id"), str) else new_id("item")
+        self.agent.add_message(role, text, item_id)
+        self.emit("conversation.item.added", previous_item_id=None, item={
             "id": item_id, "type": "message", "role": role, "status": "completed",
             "content": [{"type": "input_text", "text": text}]})
 
     async def _item_truncate(self, event: dict) -> None:
-        await self.emit("conversation.item.truncated", item_id=event.get("item_id"),
-                        content_index=event.get("content_index", 0),
-                        audio_end_ms=event.get("audio_end_ms", 0))
+        """The client played only ``audio_end_ms`` of an assistant item: the history keeps
+        what was heard, and its audio stops if it is still playing."""
+        item_id, end_ms = event.get("item_id"), event.get("audio_end_ms")
+        if not isinstance(item_id, str):
+            raise ProtocolError("invalid_item_id", "item_id must be a string", param="item_id")
+        if not isinstance(end_ms, int) or isinstance(end_ms, bool) or end_ms < 0:
+            raise ProtocolError("invalid_audio_end_ms", "audio_end_ms must be an integer >= 0",
+                                param="audio_end_ms")
+        try:
+            self.agent.truncate(item_id, end_ms)
+        except UnknownItem:
+            raise ProtocolError("item_not_found", f"no item {item_id!r} in the conversation",
+                                param="item_id") from None
+        except ValueError as exc:
+            raise ProtocolError("invalid_truncate", str(exc), param="audio_end_ms") from None
+        self.emit("conversation.item.truncated", item_id=item_id,
+                  content_index=event.get("content_index", 0), audio_end_ms=end_ms)
 
     async def _output_clear(self, event: dict) -> None:
-        await self.agent.cancel_response("client_cancelled")
-        await self.emit("output_audio_buffer.cleared")
+        if not await self.agent.interrupt("client_cancelled") and self.media is not None:
+            self.emit("output_audio_buffer.cleared")  # nothing was playing: still answer
 
     # -- outbound ---------------------------------------------------------------------------
     async def _write_frames(self) -> None:
         while True:
-            frame = await self.agent.frames.get()
+            frame = await self.out.get()
             try:
                 await self._frame(frame)
             except (ConnectionError, RuntimeError):
                 return  # transport gone; close() cleans up
             except Exception:
-                log.exception("failed to send %s", type(frame).__name__)
+                log.exception("session %s: failed to send %s", self.id, type(frame).__name__)
+            finally:
+                self.out.task_done()
+
+    async def drain(self, timeout: float = 2.0) -> None:
+        """Wait until every queued event has been sent (before closing the transport)."""
+        if self._writer is None or self._writer.done():
+            return
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self.out.join(), timeout)
 
     async def _frame(self, fr: F.Frame) -> None:
-        if isinstance(fr, F.SpeechStarted):
-            await self.emit("input_audio_buffer.speech_started",
-                            audio_start_ms=fr.audio_start_ms, item_id=fr.item_id)
+        emit = self._send_event
+        if isinstance(fr, ServerEvent):
+            await emit(fr.type, **fr.fields)
+        elif isinstance(fr, F.SpeechStarted):
+            await emit("input_audio_buffer.speech_started",
+                       audio_start_ms=fr.audio_start_ms, item_id=fr.item_id)
         elif isinstance(fr, F.SpeechStopped):
-            await self.emit("input_audio_buffer.speech_stopped",
-                            audio_end_ms=fr.audio_end_ms, item_id=fr.item_id)
+            await emit("input_audio_buffer.speech_stopped",
+                       audio_end_ms=fr.audio_end_ms, item_id=fr.item_id)
         elif isinstance(fr, F.BufferCommitted):
-            await self.emit("input_audio_buffer.committed", item_id=fr.item_id,
-                            previous_item_id=fr.previous_item_id)
-            await self.emit("conversation.item.added", previous_item_id=fr.previous_item_id,
-                            item={"id": fr.item_id, "type": "message", "role": "user",
-                                  "status": "completed",
-                                  "content": [{"type": "input_audio", "transcript": None}]})
+            await emit("input_audio_buffer.committed", item_id=fr.item_id,
+                       previous_item_id=fr.previous_item_id)
+            await emit("conversation.item.added", previous_item_id=fr.previous_item_id,
+                       item={"id": fr.item_id, "type": "message", "role": "user",
+                             "status": "completed",
+                             "content": [{"type": "input_audio", "transcript": None}]})
         elif isinstance(fr, F.BufferCleared):
-            await self.emit("input_audio_buffer.cleared")
+            await emit("input_audio_buffer.cleared")
         elif isinstance(fr, F.TranscriptDelta):
-            await self.emit("conversation.item.input_audio_transcription.delta",
-                            item_id=fr.item_id, content_index=0, delta=fr.delta,
-                            transcript=fr.transcript)
+            await emit("conversation.item.input_audio_transcription.delta",
+                       item_id=fr.item_id, content_index=0, delta=fr.delta,
+                       transcript=fr.transcript)
         elif isinstance(fr, F.TranscriptCompleted):
-            await self.emit("conversation.item.input_audio_transcription.completed",
-                            item_id=fr.item_id, content_index=0, transcript=fr.transcript,
-                            usage={"type": "duration", "seconds": round(fr.audio_s, 3)},
-                            words=[w for s in fr.details.get("segments", [])
-                                   for w in s.get("words", [])])
+            await emit("conversation.item.input_audio_transcription.completed",
+                       item_id=fr.item_id, content_index=0, transcript=fr.transcript,
+                       usage={"type": "duration", "seconds": round(fr.audio_s, 3)},
+                       words=[w for s in fr.details.get("segments", [])
+                              for w in s.get("words", [])])
         elif isinstance(fr, F.TranscriptFailed):
-            await self.emit("conversation.item.input_audio_transcription.failed",
-                            item_id=fr.item_id, content_index=0,
-                            error={"type": "transcription_error", "code": "stt_failed",
-                                   "message": fr.message})
+            await emit("conversation.item.input_audio_transcription.failed",
+                       item_id=fr.item_id, content_index=0,
+                       error={"type": "transcription_error", "code": "stt_failed",
+                              "message": fr.message})
         elif isinstance(fr, F.ResponseStarted):
             await self._response_started(fr)
         elif isinstance(fr, F.ResponseTextDelta):
             kind = "audio_transcript" if "audio" in self.output_modalities else "text"
-            await self.emit(f"response.output_{kind}.delta", response_id=fr.response_id,
-                            item_id=fr.item_id, output_index=0, content_index=0,
-                            delta=fr.delta)
+            await emit(f"response.output_{kind}.delta", response_id=fr.response_id,
+                       item_id=fr.item_id, output_index=0, content_index=0,
+                       delta=fr.delta)
         elif isinstance(fr, F.ResponseAudioDelta):
             if "audio" in self.output_modalities:
                 M.AUDIO_SECONDS.labels("out").inc(len(fr.pcm16) / 2 /
                                                   self.agent.config.output_rate)
                 extra = {"alignment": fr.alignment} if fr.alignment else {}
-                await self.emit("response.output_audio.delta", response_id=fr.response_id,
-                                item_id=fr.item_id, output_index=0, content_index=0,
-                                delta=base64.b64encode(fr.pcm16).decode(), **extra)
-        elif isinstance(fr, F.ResponseAudioChunk):
-            if self.media is not None and "audio" in self.output_modalities:
-                M.AUDIO_SECONDS.labels("out").inc(len(fr.pcm16) / 2 / self.media.rate)
-                await self.media.play(fr)
+                await emit("response.output_audio.delta", response_id=fr.response_id,
+                           item_id=fr.item_id, output_index=0, content_index=0,
+                           delta=base64.b64encode(fr.pcm16).decode(), **extra)
+        elif isinstance(fr, F.OutputInterrupted):
+            if self.media is not None:  # WebRTC: the server-side audio buffer was cleared
+                await emit("output_audio_buffer.cleared", response_id=fr.response_id)
+            await emit("conversation.item.truncated", item_id=fr.item_id, content_index=0,
+                       audio_end_ms=fr.audio_end_ms)
         elif isinstance(fr, F.ResponseDone):
-            if self.media is not None and fr.status != "completed":
-                self.media.interrupt()
-                await self.emit("output_audio_buffer.cleared", response_id=fr.response_id)
             await self._response_done(fr)
         elif isinstance(fr, F.ErrorFrame):
-            await self.error(fr.code, fr.message, type_=fr.type)
+            M.ERRORS.labels(fr.code).inc()
+            await emit("error", error={"type": fr.type, "code": fr.code,
+                                       "message": fr.message, "param": None,
+                                       "event_id": None})
 
     async def _response_started(self, fr: F.ResponseStarted) -> None:
+        emit = self._send_event
         audio = "audio" in self.output_modalities
         item = {"id": fr.item_id, "object": "realtime.item", "type": "message",
                 "role": "assistant", "status": "in_progress", "content": []}
-        await self.emit("response.created", response={
-            "id": fr.response_id, "object": "realtime.response", "status": "in_progress",
-            "output": [], "output_modalities": self.output_modalities})
-        await self.emit("response.output_item.added", response_id=fr.response_id,
-                        output_index=0, item=item)
-        await self.emit("conversation.item.added", previous_item_id=None, item=item)
+        await emit("response.created", response={
+       "id": fr.response_id, "object": "realtime.response", "status": "in_progress",
+       "output": [], "output_modalities": self.output_modalities})
+        await emit("response.output_item.added", response_id=fr.response_id,
+                   output_index=0, item=item)
+        await emit("conversation.item.added", previous_item_id=None, item=item)
         part = {"type": "audio", "transcript": ""} if audio else {"type": "text", "text": ""}
-        await self.emit("response.content_part.added", response_id=fr.response_id,
-                        item_id=fr.item_id, output_index=0, content_index=0, part=part)
+        await emit("response.content_part.added", response_id=fr.response_id,
+                   item_id=fr.item_id, output_index=0, content_index=0, part=part)
 
     async def _response_done(self, fr: F.ResponseDone) -> None:
+        emit = self._send_event
         audio = "audio" in self.output_modalities
         ids = {"response_id": fr.response_id, "item_id": fr.item_id, "output_index": 0,
                "content_index": 0}
         if audio:
-            await self.emit("response.output_audio.done", **ids)
-            await self.emit("response.output_audio_transcript.done", transcript=fr.transcript,
-                            **ids)
+            await emit("response.output_audio.done", **ids)
+            await emit("response.output_audio_transcript.done", transcript=fr.transcript,
+                       **ids)
             part = {"type": "audio", "transcript": fr.transcript}
         else:
-            await self.emit("response.output_text.done", text=fr.transcript, **ids)
+            await emit("response.output_text.done", text=fr.transcript, **ids)
             part = {"type": "text", "text": fr.transcript}
-        await self.emit("response.content_part.done", part=part, **ids)
+        await emit("response.content_part.done", part=part, **ids)
         status = "completed" if fr.status == "completed" else "incomplete"
         item = {"id": fr.item_id, "object": "realtime.item", "type": "message",
                 "role": "assistant", "status": status, "content": [part]}
-        await self.emit("response.output_item.done", response_id=fr.response_id,
-                        output_index=0, item=item)
+        await emit("response.output_item.done", response_id=fr.response_id,
+                   output_index=0, item=item)
         details = None
         if fr.status == "cancelled":
             details = {"type": "cancelled", "reason": fr.reason}
         elif fr.status == "failed":
             details = {"type": "failed", "error": {"type": "server_error",
                                                    "message": fr.reason}}
-        await self.emit("response.done", response={
-            "id": fr.response_id, "object": "realtime.response", "status": fr.status,
-            "status_details": details, "output": [item],
-            "output_modalities": self.output_modalities,
-            "audio_s": round(fr.audio_s, 3)})
+        await emit("response.done", response={
+       "id": fr.response_id, "object": "realtime.response", "status": fr.status,
+       "status_details": details, "output": [item],
+       "output_modalities": self.output_modalities,
+       "audio_s": round(fr.audio_s, 3)})

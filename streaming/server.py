@@ -148,9 +148,10 @@ async def realtime_ws(request: web.Request) -> web.StreamResponse:
             try:
                 msg = await ws.receive(timeout=settings.idle_timeout_s)
             except TimeoutError:
-                await session.error("idle_timeout", f"no message for "
-                                    f"{settings.idle_timeout_s:.0f} s; closing the session",
-                                    type_="server_error")
+                session.error("idle_timeout", f"no message for "
+                              f"{settings.idle_timeout_s:.0f} s; closing the session",
+                              type_="server_error")
+                await session.drain()
                 await ws.close(code=1000, message=b"idle timeout")
                 break
             if msg.type in (WSMsgType.TEXT, WSMsgType.BINARY):

@@ -29,7 +29,6 @@ from aiortc import (
 )
 from av import AudioFrame, AudioResampler, VideoFrame
 
-from pipelines import frames as F
 from pipelines.avatar import FPS, Avatar
 from pipelines.router import ModelRouter
 from pipelines.triton_client import TritonModelError, TritonUnavailable
@@ -88,13 +87,16 @@ class ReplyAudioTrack(MediaStreamTrack):
         self.reply_queued += pcm.size
 
     def interrupt(self) -> None:
+        """Stop at once; what was sent of the reply stays known (what was heard)."""
         self._chunks.clear()
-        self.reply_id = None
-        self.reply_sent = self.reply_queued = 0
+        self.reply_queued = self.reply_sent
 
     @property
     def speaking(self) -> bool:
         return bool(self._chunks)
+
+    def pending_samples(self) -> int:
+        return self.reply_queued - self.reply_sent
 
     def _take(self, n: int) -> np.ndarray:
         out = np.zeros(n, np.int16)
@@ -191,8 +193,9 @@ class AvatarVideoTrack(MediaStreamTrack):
 
 
 class AvatarMedia:
-    """The MediaSink of a WebRTC session: reply audio to the audio track, and avatar
-    frames for each TTS piece from the Triton avatar model to the video track."""
+    """The audio sink of a WebRTC session (see pipelines.playout.AudioSink): reply audio
+    to the audio track, and avatar frames for each TTS piece from the Triton avatar
+    model to the video track. The audio track's clock says what has been played."""
 
     rate = OUT_RATE
 
@@ -204,31 +207,32 @@ class AvatarMedia:
         self.video = AvatarVideoTrack(avatar, self.audio, audio_lead_s)
         self._tasks: set[asyncio.Task] = set()
 
-    async def play(self, chunk: F.ResponseAudioChunk) -> None:
-        pcm = np.frombuffer(chunk.pcm16, dtype="<i2")
+    async def write(self, response_id: str, item_id: str, pcm: np.ndarray,
+                    alignment: dict | None, offset_s: float) -> None:
         first_frames = asyncio.Event()
-        task = asyncio.create_task(self._render(chunk, pcm, first_frames))
+        task = asyncio.create_task(self._render(response_id, pcm, alignment, offset_s,
+                                                first_frames))
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
         # Hold the first piece of a reply back until its first frames are there (at
         # most 150 ms), so the mouth never lags the first syllable.
-        if chunk.offset_s == 0:
+        if offset_s == 0:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(first_frames.wait(), 0.15)
-        self.audio.push(chunk.response_id, pcm)
+        self.audio.push(response_id, pcm)
 
-    async def _render(self, chunk: F.ResponseAudioChunk, pcm: np.ndarray,
-                      first_frames: asyncio.Event) -> None:
+    async def _render(self, response_id: str, pcm: np.ndarray, alignment: dict | None,
+                      offset_s: float, first_frames: asyncio.Event) -> None:
         route = self.router.route("avatar")
         inputs = {"AUDIO": pcm, "SAMPLE_RATE": np.array([OUT_RATE], np.int32),
-                  "ALIGNMENT": json.dumps(chunk.alignment or {}),
+                  "ALIGNMENT": json.dumps(alignment or {}),
                   "AVATAR": self.avatar_name,
                   "START_TIME": np.array([self.video._n / FPS], np.float32)}
-        first_index = round(chunk.offset_s * FPS)
+        first_index = round(offset_s * FPS)
         try:
             async with route.client.stream() as stream:
                 async for r in stream.infer(route.model, inputs):
-                    self.video.add_frames(chunk.response_id,
+                    self.video.add_frames(response_id,
                                           first_index + int(r.outputs["FIRST_FRAME"][0]),
                                           r.outputs["FRAMES"])
                     first_frames.set()
@@ -237,14 +241,25 @@ class AvatarMedia:
         finally:
             first_frames.set()
 
-    def interrupt(self) -> None:
+    def played_s(self, response_id: str) -> float:
+        if self.audio.reply_id != response_id:
+            return 0.0
+        return self.audio.reply_sent / OUT_RATE
+
+    def pending_s(self) -> float:
+        return self.audio.pending_samples() / OUT_RATE
+
+    async def flush(self) -> None:
+        """Nothing to wait for: the audio track holds the whole reply."""
+
+    def clear(self) -> None:
         for task in list(self._tasks):
             task.cancel()
         self.audio.interrupt()
         self.video.interrupt()
 
     async def close(self) -> None:
-        self.interrupt()
+        self.clear()
         for task in list(self._tasks):
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await task
@@ -262,6 +277,8 @@ class WebRTCSession:
         self.media = AvatarMedia(router, avatar, avatar_name)
         self.channel = None
         self._pending: list[str] = []
+        # Data-channel messages are handled one at a time, in order, by one task.
+        self._inbox: asyncio.Queue[str | bytes] = asyncio.Queue()
         self._on_closed = on_closed
         self._tasks: set[asyncio.Task] = set()
         self.closed = False
@@ -294,7 +311,7 @@ class WebRTCSession:
 
         @channel.on("message")
         def _message(message) -> None:
-            self._spawn(self.session.handle(message))
+            self._inbox.put_nowait(message)
 
         @channel.on("close")
         def _closed() -> None:  # the peer hung up (or its SCTP association died)
@@ -303,6 +320,10 @@ class WebRTCSession:
     def _on_track(self, track) -> None:
         if track.kind == "audio":
             self._spawn(self._pump_audio(track))
+
+    async def _handle_events(self) -> None:
+        while True:
+            await self.session.handle(await self._inbox.get())
 
     async def _pump_audio(self, track) -> None:
         """Opus-decoded 48 kHz (stereo) frames -> 16 kHz mono, once, for the pipeline."""
@@ -336,6 +357,7 @@ class WebRTCSession:
         shorten_audio_prefetch(self.pc)
         await self.pc.setLocalDescription(await self.pc.createAnswer())
         await self.session.start()
+        self._spawn(self._handle_events())
         return self.pc.localDescription.sdp
 
     async def close(self) -> None:
