@@ -35,6 +35,15 @@ class ArrayMicrophone(MediaStreamTrack):
         self._start: float | None = None
         self.started_at: float | None = None
 
+    def say(self, audio: np.ndarray) -> None:
+        """Play ``audio`` from the next frame on (what was left to play is dropped)."""
+        pos = self._n * (self.rate // 50)
+        pcm = (np.clip(audio, -1, 1) * 32767).astype(np.int16)
+        head = self.pcm[:pos]
+        if head.size < pos:
+            head = np.concatenate([head, np.zeros(pos - head.size, np.int16)])
+        self.pcm = np.concatenate([head, pcm])
+
     async def recv(self) -> AudioFrame:
         if self._start is None:
             self._start = self.started_at = time.monotonic()
@@ -73,6 +82,7 @@ class RtcCall:
         self.session = session
         self.rec = CallRecord()
         self.pc: RTCPeerConnection | None = None
+        self.channel = None
         self._tasks: list[asyncio.Task] = []
 
     async def start(self) -> RtcCall:
@@ -80,7 +90,7 @@ class RtcCall:
         self.pc = RTCPeerConnection(RTCConfiguration(iceServers=[]))
         self.pc.addTrack(self.mic)
         self.pc.addTransceiver("video", direction="recvonly")
-        channel = self.pc.createDataChannel("oai-events")
+        channel = self.channel = self.pc.createDataChannel("oai-events")
 
         @channel.on("open")
         def _open() -> None:
