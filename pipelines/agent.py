@@ -419,23 +419,28 @@ class VoiceAgent:
                 if status == "failed":
                     self._emit(F.ErrorFrame("response_failed", reason or "response failed"))
                 full = "".join(text).strip()
-                self._finish_item(rid, item_id, full, status)
+                truncate = self._finish_item(rid, item_id, full, status)
                 audio_s = self.playout.audio_s if self.playout.response_id == rid else 0.0
                 self._emit(F.ResponseDone(rid, item_id, status, full, reason, audio_s))
+                if truncate is not None:
+                    truncate()
 
-    def _finish_item(self, rid: str, item_id: str, text: str, status: str) -> None:
-        """The assistant item goes into the history with what the listener heard."""
+    def _finish_item(self, rid: str, item_id: str, text: str, status: str
+                     ) -> Callable[[], None] | None:
+        """The assistant item goes into the history; for a spoken reply that did not
+        complete, returns the truncation to what was heard (emitted after response.done)."""
         spans = list(self.playout.spans) if self.playout.response_id == rid else []
         if not spans:
             # text only, or stopped before any audio: in a spoken reply nothing was heard
             if text and (status == "completed" or not self.config.audio_output):
                 self.conversation.add(item_id, "assistant", text)
-            return
+            return None
         self.conversation.add(item_id, "assistant", text, spans)
-        if status != "completed":
-            heard = self.playout.heard()
-            end_s = heard.audio_end_s if heard is not None else 0.0
-            self._truncated(item_id, rid, end_s, heard_text(spans, end_s))
+        if status == "completed":
+            return None
+        heard = self.playout.heard()
+        end_s = heard.audio_end_s if heard is not None else 0.0
+        return lambda: self._truncated(item_id, rid, end_s, heard_text(spans, end_s))
 
     async def _pump(self, messages: list[dict], options: ReplyOptions,
                     inbox: asyncio.Queue) -> None:

@@ -26,7 +26,7 @@ from pipelines.audio import Resampler, pcm16_to_float
 from pipelines.clock import SYSTEM_CLOCK, Clock
 from pipelines.conversation import UnknownItem
 from pipelines.ids import new_id
-from pipelines.playout import AudioSink
+from pipelines.playout import AudioSink, PacedDeltaSink
 from pipelines.router import ModelRouter
 from pipelines.services import Services, triton_services
 from pipelines.vad import RATE, VadConfig
@@ -74,7 +74,8 @@ class RealtimeSession:
     def __init__(self, send: Callable[[dict], Awaitable[None]], router: ModelRouter | None, *,
                  kind: str = "realtime", beta: bool = False, limits: Limits | None = None,
                  model: str = "rtmedia-voice", media: AudioSink | None = None,
-                 services: Services | None = None, clock: Clock = SYSTEM_CLOCK):
+                 services: Services | None = None, clock: Clock = SYSTEM_CLOCK,
+                 audio_lead_s: float = 0.5):
         self._send = send
         # WebRTC: reply audio goes to media tracks (with avatar frames), not to events
         self.media = media
@@ -97,7 +98,10 @@ class RealtimeSession:
         config = AgentConfig(respond=kind == "realtime")
         if media is not None:
             config = replace(config, output_rate=media.rate)
-        self.agent = VoiceAgent(services or triton_services(router), config, sink=media,
+        # WebSocket: audio deltas paced to the client's playback, ``audio_lead_s`` ahead
+        sink = media or PacedDeltaSink(self.out.put_nowait, rate=config.output_rate,
+                                       lead_s=audio_lead_s, clock=clock)
+        self.agent = VoiceAgent(services or triton_services(router), config, sink=sink,
                                 frames=self.out, session_id=self.id, clock=clock,
                                 on_metric=lambda stage, v: M.TURN_LATENCY.labels(stage)
                                 .observe(v))

@@ -138,7 +138,8 @@ async def realtime_ws(request: web.Request) -> web.StreamResponse:
 
     session = RealtimeSession(send, request.app[ROUTER], kind=kind, beta=beta,
                               limits=Limits(max_message_bytes=settings.max_message_bytes),
-                              model=request.query.get("model") or "rtmedia-voice")
+                              model=request.query.get("model") or "rtmedia-voice",
+                              audio_lead_s=settings.ws_audio_lead_ms / 1000)
     sessions.add(session)
     M.SESSIONS_ACTIVE.labels(kind).inc()
     M.SESSIONS_TOTAL.labels(kind).inc()

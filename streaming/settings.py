@@ -55,6 +55,9 @@ class Settings:
     ice_servers: list = field(default_factory=list)
     # extra audio buffering of the receiver vs video, subtracted from the lip-sync position
     av_audio_lead_ms: float = 20.0
+    # WebSocket reply audio is paced to real time, this far ahead of the client's playback:
+    # more absorbs network jitter, less lets barge-in silence the client sooner
+    ws_audio_lead_ms: float = 500.0
 
     @classmethod
     def from_env(cls) -> Settings:
@@ -86,6 +89,7 @@ class Settings:
             avatar_name=_env("AVATAR", "astronaut"),
             ice_servers=json.loads(_env("ICE_SERVERS", "[]")),
             av_audio_lead_ms=float(_env("AV_AUDIO_LEAD_MS", "20")),
+            ws_audio_lead_ms=float(_env("WS_AUDIO_LEAD_MS", "500")),
         )
 
     def replace(self, **changes: object) -> Settings:

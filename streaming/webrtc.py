@@ -31,6 +31,7 @@ from av import AudioFrame, AudioResampler, VideoFrame
 
 from pipelines.avatar import FPS, Avatar
 from pipelines.router import ModelRouter
+from pipelines.services import Services
 from pipelines.triton_client import TritonModelError, TritonUnavailable
 from pipelines.vad import RATE
 from streaming import metrics as M
@@ -270,7 +271,8 @@ class WebRTCSession:
 
     def __init__(self, router: ModelRouter, avatar: Avatar, avatar_name: str, *,
                  kind: str = "realtime", ice_servers: list[dict] | None = None,
-                 limits: Limits | None = None, on_closed=None):
+                 limits: Limits | None = None, on_closed=None,
+                 services: Services | None = None):
         allow_loopback_candidates()
         servers = [RTCIceServer(**s) for s in (ice_servers or [])]
         self.pc = RTCPeerConnection(RTCConfiguration(iceServers=servers))
@@ -283,7 +285,7 @@ class WebRTCSession:
         self._tasks: set[asyncio.Task] = set()
         self.closed = False
         self.session = RealtimeSession(self._send, router, kind=kind, limits=limits,
-                                       media=self.media)
+                                       media=self.media, services=services)
         self.pc.addTrack(self.media.audio)
         self.pc.addTrack(self.media.video)
         self.pc.on("datachannel", self._on_datachannel)
