@@ -20,6 +20,14 @@ ARTIFACTS = Path(__file__).resolve().parent.parent / "test-artifacts"
 SESSION_MODELS = ["whisper", "piper", "llm", "avatar"]
 
 
+def pytest_collection_modifyitems(items) -> None:
+    """A test that needs the real model store belongs to the real tier (``-m triton``):
+    the unit tier (``-m "not triton"``) runs offline in seconds."""
+    for item in items:
+        if "model_store" in getattr(item, "fixturenames", ()):
+            item.add_marker(pytest.mark.triton)
+
+
 @pytest.fixture(scope="session")
 def artifacts() -> Path:
     ARTIFACTS.mkdir(exist_ok=True)

@@ -34,6 +34,7 @@ def write_checkpoint(path, *, seed: int = 0) -> None:
                 "global_epoch": 1}, path)
 
 
+@pytest.mark.triton  # real tier: builds and runs the full-size network (~7 s)
 def test_checkpoint_format_loads_and_wrong_ones_are_refused(tmp_path):
     good = tmp_path / "wav2lip_gan.pth"
     write_checkpoint(good)
@@ -65,6 +66,7 @@ def test_mel_features_match_the_original_layout():
     assert windows.shape == (25, 80, 16)
 
 
+@pytest.mark.triton  # real tier: full-size network on the real avatar
 def test_renderer_redraws_only_the_face(model_store, tmp_path):
     ckpt = tmp_path / "w.pth"
     write_checkpoint(ckpt)
@@ -79,6 +81,7 @@ def test_renderer_redraws_only_the_face(model_store, tmp_path):
     assert not np.array_equal(frames[0][y0:y1, x0:x1], idle[y0:y1, x0:x1])
 
 
+@pytest.mark.triton
 async def test_triton_avatar_model_uses_wav2lip_when_weights_are_present(
         model_store, tmp_path):
     store = ModelStore(tmp_path / "store")
