@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import shutil
 import time
 from collections.abc import Iterator
@@ -32,11 +31,6 @@ def sha256_file(path: Path) -> str:
         while block := fh.read(_CHUNK):
             digest.update(block)
     return digest.hexdigest()
-
-
-def store_root() -> Path:
-    """The store folder as Triton models see it (``AI_MODELS_DIR``)."""
-    return Path(os.environ.get("AI_MODELS_DIR", "/opt/ai-models"))
 
 
 @dataclass
