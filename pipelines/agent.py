@@ -112,6 +112,7 @@ class VoiceAgent:
         self.playout = Playout(self.sink)
         self.responder = Responder(services.llm, services.tts)
         self._utt: Utterance | None = None
+        self._utterances: set[Utterance] = set()  # still transcribing, for close()
         self._response: asyncio.Task | None = None
         self._hold: _Hold | None = None
         self._tasks: set[asyncio.Task] = set()
@@ -212,6 +213,8 @@ class VoiceAgent:
                                   on_partial=self._partial, on_final=self._final,
                                   on_failed=self._stt_failed,
                                   max_s=self.config.max_utterance_s)
+            self._utterances = {u for u in self._utterances if not u.done}
+            self._utterances.add(self._utt)
         return self._utt
 
     def commit(self) -> str | None:
@@ -294,7 +297,7 @@ class VoiceAgent:
                        hold: _Hold | None = None) -> str | None:
         """Start a reply to the conversation so far (plus the held user text of a
         speculative reply); None when one is already running."""
-        if self.responding:
+        if self.responding or self.closed:
             return None
         rid = new_id("resp")
         messages = self.conversation.messages(instructions or self.config.instructions)
@@ -456,7 +459,10 @@ class VoiceAgent:
             inbox.put_nowait(_END)
 
     # -- lifecycle ------------------------------------------------------------------------
-    def _spawn(self, coro) -> asyncio.Task:
+    def _spawn(self, coro) -> asyncio.Task | None:
+        if self.closed:  # nothing may start once the session is over
+            coro.close()
+            return None
         task = asyncio.create_task(coro)
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
@@ -472,6 +478,7 @@ class VoiceAgent:
         for task in tasks:
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await task
-        if self._utt is not None:
-            await self._utt.cancel()
-            self._utt = None
+        for utt in list(self._utterances):
+            await utt.cancel()
+        self._utterances.clear()
+        self._utt = None

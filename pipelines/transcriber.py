@@ -51,6 +51,10 @@ class Utterance:
         self._task = asyncio.create_task(self._run(self._session, self._queue))
 
     @property
+    def done(self) -> bool:
+        return self._task.done()
+
+    @property
     def full(self) -> bool:
         return self.audio_samples >= self.max_samples
 

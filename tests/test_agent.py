@@ -271,3 +271,16 @@ def test_ids_are_unique_and_time_ordered():
     assert len(set(ids)) == len(ids)
     assert all(i.startswith("item_") and len(i) == 5 + 26 for i in ids)
     assert ids[0][:15] <= ids[-1][:15]  # the time part sorts
+
+
+async def test_close_while_the_final_transcript_is_decoding():
+    clock = FakeClock()
+    agent, services = make_agent(clock, llm={"first_token_s": 0.05})
+    services.stt.final_s = 0.5
+    await feed(agent, clock, np.concatenate([speech(1.0), silence(0.42)]))
+    assert agent._utt is None  # committed, the final still decoding
+    await agent.close()
+    await clock.advance(2.0)
+    assert all(s.closed for s in services.stt.sessions)
+    assert services.llm.requests == [] or services.llm.cancelled == len(services.llm.requests)
+    assert not [f for f in drain(agent) if isinstance(f, F.ResponseStarted)]
