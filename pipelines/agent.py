@@ -61,7 +61,8 @@ class AgentConfig:
     temperature: float = 0.7
     seed: int | None = None  # fixed sampling (tests, reproducible demos)
     max_history: int = 20  # items kept besides the instructions
-    max_utterance_s: float = 120.0  # audio of one user turn kept for STT
+    # a longer user turn is cut into turns of this length (bounds memory and STT work)
+    max_utterance_s: float = 60.0
 
 
 @dataclass
@@ -160,6 +161,9 @@ class VoiceAgent:
             if ev.kind == "audio":
                 if self._utt is not None:
                     self._utt.push(ev.audio)
+                    if self._utt.full:  # an endless turn (or noise): cut it here
+                        self._speech_stopped(self.turns.now_ms)
+                        self.turns.end_turn()
             elif ev.kind == "started":
                 await self._speech_started(ev.at_ms, ev.audio)
             elif ev.kind == "paused":

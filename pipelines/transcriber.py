@@ -30,7 +30,7 @@ class Utterance:
                  on_partial: Callable[[Utterance, str, str], None],
                  on_final: Callable[[Utterance, str, dict], None],
                  on_failed: Callable[[Utterance, str], None],
-                 max_s: float = 120.0):
+                 max_s: float = 60.0):
         self.item_id = item_id
         self._stt, self._language = stt, language
         self._on_partial, self._on_final, self._on_failed = on_partial, on_final, on_failed

@@ -284,3 +284,13 @@ async def test_close_while_the_final_transcript_is_decoding():
     assert all(s.closed for s in services.stt.sessions)
     assert services.llm.requests == [] or services.llm.cancelled == len(services.llm.requests)
     assert not [f for f in drain(agent) if isinstance(f, F.ResponseStarted)]
+
+
+async def test_an_endless_turn_is_cut_and_memory_stays_bounded():
+    clock = FakeClock()
+    agent, services = make_agent(clock, max_utterance_s=2.0, respond=False)
+    await feed(agent, clock, speech(7.0))
+    frames = drain(agent)
+    assert len([f for f in frames if isinstance(f, F.BufferCommitted)]) == 3
+    assert agent._utt is not None and agent._utt.audio_samples <= 2 * 16000
+    await agent.close()
