@@ -14,7 +14,6 @@ import asyncio
 import base64
 import binascii
 import contextlib
-import json
 import logging
 import time
 from collections.abc import Awaitable, Callable
@@ -29,11 +28,12 @@ from pipelines.ids import new_id
 from pipelines.playout import AudioSink, PacedDeltaSink
 from pipelines.router import ModelRouter
 from pipelines.services import Services, triton_services
-from pipelines.vad import RATE, VadConfig
+from pipelines.vad import RATE
+from streaming import events as E
 from streaming import metrics as M
+from streaming.events import ProtocolError, parse_event
 
 log = logging.getLogger(__name__)
-SUPPORTED_RATES = (16000, 24000)
 # GA name -> beta name, for clients that speak the beta protocol.
 BETA_NAMES = {
     "response.output_audio.delta": "response.audio.delta",
@@ -61,13 +61,6 @@ class ServerEvent(F.Frame):
 
     type: str
     fields: dict = field(default_factory=dict)
-
-
-class ProtocolError(Exception):
-    def __init__(self, code: str, message: str, param: str | None = None,
-                 type_: str = "invalid_request_error"):
-        super().__init__(message)
-        self.code, self.message, self.param, self.type = code, message, param, type_
 
 
 class RealtimeSession:
@@ -141,32 +134,21 @@ class RealtimeSession:
         """One client message. Never raises for bad input: answers with an error event."""
         event_id = None
         try:
-            if len(raw) > self.limits.max_message_bytes:
-                raise ProtocolError("message_too_large",
-                                    f"message of {len(raw)} bytes exceeds the "
-                                    f"{self.limits.max_message_bytes}-byte maximum; send "
-                                    "audio in smaller appends")
             if not self._take_token():
                 raise ProtocolError("rate_limited", "too many messages: at most "
                                     f"{self.limits.messages_per_s:.0f}/s; message dropped",
                                     type_="rate_limit_error")
-            try:
-                event = json.loads(raw)
-            except (ValueError, UnicodeDecodeError) as exc:
-                raise ProtocolError("invalid_json", f"message is not valid JSON: {exc}") \
-                    from None
-            if not isinstance(event, dict) or not isinstance(event.get("type"), str):
-                raise ProtocolError("invalid_event", 'an event is a JSON object with a "type"')
-            event_id = event.get("event_id")
-            M.FRAMES.labels("in", event["type"][:64]).inc()
-            handler = self._handlers().get(event["type"])
-            if handler is None:
-                raise ProtocolError("unknown_event", f"unknown event type {event['type']!r}",
-                                    param="type")
-            await handler(event)
+            event = parse_event(raw, max_bytes=self.limits.max_message_bytes,
+                                max_instructions=self.limits.max_instructions_chars,
+                                max_text=self.limits.max_text_chars)
+            event_id = event.event_id
+            M.FRAMES.labels("in", event.type).inc()
+            await self._handlers()[type(event.body)](event.body)
         except ProtocolError as exc:
-            self.error(exc.code, exc.message, param=exc.param, event_id=event_id,
-                       type_=exc.type)
+            if exc.code != "rate_limited":
+                M.FRAMES.labels("in", "invalid").inc()
+            self.error(exc.code, exc.message, param=exc.param,
+                       event_id=event_id or exc.event_id, type_=exc.type)
         except Exception as exc:  # a bug must not end the session silently
             log.exception("session %s: handling a client event failed", self.id)
             self.error("server_error", f"internal error: {type(exc).__name__}",
@@ -185,124 +167,71 @@ class RealtimeSession:
 
     def _handlers(self) -> dict:
         return {
-            "session.update": self._session_update,
-            "transcription_session.update": self._session_update,
-            "input_audio_buffer.append": self._append,
-            "input_audio_buffer.commit": self._commit,
-            "input_audio_buffer.clear": self._clear,
-            "response.create": self._response_create,
-            "response.cancel": self._response_cancel,
-            "conversation.item.create": self._item_create,
-            "conversation.item.truncate": self._item_truncate,
-            "output_audio_buffer.clear": self._output_clear,
+            E.SessionUpdate: self._session_update,
+            E.AudioAppend: self._append,
+            E.BufferCommit: self._commit,
+            E.BufferClear: self._clear,
+            E.ResponseCreate: self._response_create,
+            E.ResponseCancel: self._response_cancel,
+            E.ItemCreate: self._item_create,
+            E.ItemTruncate: self._item_truncate,
+            E.OutputClear: self._output_clear,
         }
 
     # -- session.update -------------------------------------------------------------------
-    async def _session_update(self, event: dict) -> None:
-        s = event.get("session")
-        if not isinstance(s, dict):
-            raise ProtocolError("invalid_session", "session.update needs a session object",
-                                param="session")
-        if event["type"] == "transcription_session.update" or s.get("type") == "transcription":
+    async def _session_update(self, event: E.SessionUpdate) -> None:
+        s = event.session
+        if event.transcription_only or s.type == "transcription":
             self.kind = "transcription"
-        if "modalities" in s or "input_audio_format" in s:
-            self.beta = True  # the beta shape of the session object
-        audio = s.get("audio") or {}
-        inp, out = audio.get("input") or {}, audio.get("output") or {}
+        if s.beta_shape:
+            self.beta = True  # the beta session object: beta event names too
         changes: dict = {}
-        rate = self._rate(inp.get("format"), s.get("input_audio_format"), "input")
-        out_rate = self._rate(out.get("format"), s.get("output_audio_format"), "output")
-        if "instructions" in s:
-            if not isinstance(s["instructions"], str) or \
-                    len(s["instructions"]) > self.limits.max_instructions_chars:
-                raise ProtocolError("invalid_instructions", "instructions must be a string of "
-                                    f"at most {self.limits.max_instructions_chars} characters",
-                                    param="session.instructions")
-            changes["instructions"] = s["instructions"] or AgentConfig.instructions
-        voice = out.get("voice", s.get("voice"))
-        if voice is not None:
+        if s.instructions is not None:
+            changes["instructions"] = s.instructions or AgentConfig.instructions
+        if s.voice is not None:
             # OpenAI voice names (alloy, ash, ...) map to the default voice.
-            changes["voice"] = voice if voice in ("joe", "espeak") else None
-        transcription = inp.get("transcription", s.get("input_audio_transcription"))
-        if isinstance(transcription, dict) and transcription.get("language"):
-            lang = str(transcription["language"]).lower()
+            changes["voice"] = s.voice if s.voice in ("joe", "espeak") else None
+        if s.language:
+            lang = s.language.lower()
             changes["language"] = lang
             changes["tts_language"] = None if lang.startswith("en") else lang
-        td_key = "turn_detection"
-        if td_key in inp or td_key in s:
-            td = inp.get(td_key, s.get(td_key))
-            changes.update(self._turn_detection(td))
-        modalities = s.get("output_modalities", s.get("modalities"))
-        if modalities is not None:
-            if not isinstance(modalities, list) or not set(modalities) <= {"audio", "text"}:
-                raise ProtocolError("invalid_modalities", 'output_modalities must be ["audio"] '
-                                    'or ["text"]', param="session.output_modalities")
-            self.output_modalities = modalities
-            changes["audio_output"] = "audio" in modalities
-        if isinstance(s.get("temperature"), int | float):
-            changes["temperature"] = float(min(2.0, max(0.0, s["temperature"])))
-        if isinstance(s.get("seed"), int):  # extension
-            changes["seed"] = s["seed"]
-        if isinstance(s.get("max_output_tokens"), int):
-            changes["max_output_tokens"] = max(1, min(1024, s["max_output_tokens"]))
+        if s.turn_detection is not E.UNSET:
+            changes.update(self._turn_detection(s.turn_detection))
+        if s.output_modalities is not None:
+            self.output_modalities = list(s.output_modalities)
+            changes["audio_output"] = "audio" in s.output_modalities
+        if s.temperature is not None:
+            changes["temperature"] = s.temperature
+        if s.seed is not None:  # extension
+            changes["seed"] = s.seed
+        if s.max_output_tokens is not None:
+            changes["max_output_tokens"] = min(1024, s.max_output_tokens)
         # All checks passed: apply.
-        if rate and rate != self.input_rate:
-            self.input_rate = rate
+        if s.input_format and s.input_format.rate != self.input_rate:
+            self.input_rate = s.input_format.rate
             self._resampler = None
-        if out_rate and self.media is None:  # WebRTC tracks have their own rate
-            changes["output_rate"] = out_rate
+        if s.output_format and self.media is None:  # WebRTC tracks have their own rate
+            changes["output_rate"] = s.output_format.rate
         changes["respond"] = self.kind == "realtime"
         self.agent.configure(**changes)
         self.configured = True
         self.emit("session.updated", session=self.describe())
 
-    def _rate(self, fmt, beta_fmt, where: str) -> int | None:
-        if isinstance(fmt, dict):
-            if fmt.get("type", "audio/pcm") != "audio/pcm":
-                raise ProtocolError("unsupported_audio_format",
-                                    f"{where} format {fmt.get('type')!r} is not supported; "
-                                    "use audio/pcm", param=f"session.audio.{where}.format")
-            rate = fmt.get("rate", 24000)
-        elif beta_fmt is not None:
-            if beta_fmt != "pcm16":
-                raise ProtocolError("unsupported_audio_format",
-                                    f"{where}_audio_format {beta_fmt!r} is not supported; "
-                                    "use pcm16", param=f"session.{where}_audio_format")
-            rate = 24000
-        else:
-            return None
-        if rate not in SUPPORTED_RATES:
-            raise ProtocolError("unsupported_sample_rate",
-                                f"{where} sample rate {rate} is not supported; use 16000 or "
-                                "24000 (PCM16 mono little-endian)",
-                                param=f"session.audio.{where}.format.rate")
-        return int(rate)
-
-    def _turn_detection(self, td) -> dict:
+    def _turn_detection(self, td: E.TurnDetection | None) -> dict:
         if td is None:
             return {"turn_detection": False}
-        if not isinstance(td, dict) or td.get("type", "server_vad") not in (
-                "server_vad", "semantic_vad"):
-            raise ProtocolError("invalid_turn_detection",
-                                'turn_detection must be null or {"type": "server_vad", ...}',
-                                param="session.audio.input.turn_detection")
         vad = self.agent.config.vad
-        threshold = td.get("threshold")
         aggressiveness = vad.aggressiveness
-        if isinstance(threshold, int | float):
-            aggressiveness = min(3, max(0, int(float(threshold) * 4)))
-        silence = td.get("silence_duration_ms", vad.silence_ms)
-        prefix = td.get("prefix_padding_ms", vad.prefix_padding_ms)
-        if not (isinstance(silence, int) and 100 <= silence <= 5000 and
-                isinstance(prefix, int) and 0 <= prefix <= 2000):
-            raise ProtocolError("invalid_turn_detection",
-                                "silence_duration_ms must be 100..5000 and prefix_padding_ms "
-                                "0..2000", param="session.audio.input.turn_detection")
+        if td.threshold is not None:
+            aggressiveness = min(3, int(td.threshold * 4))
         return {
             "turn_detection": True,
-            "vad": VadConfig(aggressiveness, vad.start_ms, silence, prefix, vad.min_energy),
-            "create_response": bool(td.get("create_response", True)),
-            "interrupt_response": bool(td.get("interrupt_response", True)),
+            "vad": replace(vad, aggressiveness=aggressiveness,
+                           silence_ms=td.silence_duration_ms or vad.silence_ms,
+                           prefix_padding_ms=vad.prefix_padding_ms
+                           if td.prefix_padding_ms is None else td.prefix_padding_ms),
+            "create_response": td.create_response is not False,
+            "interrupt_response": td.interrupt_response is not False,
         }
 
     def describe(self) -> dict:
@@ -338,14 +267,10 @@ class RealtimeSession:
         return session
 
     # -- audio ------------------------------------------------------------------------------
-    async def _append(self, event: dict) -> None:
+    async def _append(self, event: E.AudioAppend) -> None:
         t0 = time.perf_counter()
-        data = event.get("audio")
-        if not isinstance(data, str):
-            raise ProtocolError("invalid_audio", "input_audio_buffer.append needs base64 "
-                                '"audio"', param="audio")
         try:
-            pcm = base64.b64decode(data, validate=True)
+            pcm = base64.b64decode(event.audio, validate=True)
         except (binascii.Error, ValueError):
             raise ProtocolError("invalid_base64", "audio is not valid base64",
                                 param="audio") from None
@@ -355,8 +280,10 @@ class RealtimeSession:
         if not self.configured and not self._warned_unconfigured:
             self._warned_unconfigured = True
             self.error("session_not_configured",
-                             "audio arrived before session.update: using the defaults "
-                             f"(PCM16 {self.input_rate} Hz mono, server VAD)")
+                       "audio arrived before session.update: using the defaults "
+                       f"(PCM16 {self.input_rate} Hz mono, server VAD)")
+        if not pcm:
+            return
         if not self.agent.config.turn_detection:
             self._buffered_s += len(pcm) / 2 / self.input_rate
             if self._buffered_s > self.limits.max_buffer_s:
@@ -372,8 +299,8 @@ class RealtimeSession:
         await self.agent.push_audio(audio)
         M.FRAME_PROCESSING.observe(time.perf_counter() - t0)
 
-    async def _commit(self, event: dict) -> None:
-        if self.agent.config.turn_detection and not self.agent.vad.speaking:
+    async def _commit(self, event: E.BufferCommit) -> None:
+        if self.agent.config.turn_detection and not self.agent.turns.speaking:
             raise ProtocolError("input_audio_buffer_commit_empty",
                                 "nothing to commit: the buffer is empty")
         self._buffered_s = 0.0
@@ -381,68 +308,46 @@ class RealtimeSession:
             raise ProtocolError("input_audio_buffer_commit_empty",
                                 "nothing to commit: the buffer is empty")
 
-    async def _clear(self, event: dict) -> None:
+    async def _clear(self, event: E.BufferClear) -> None:
         self._buffered_s = 0.0
         await self.agent.clear()
 
     # -- responses ------------------------------------------------------------------------
-    async def _response_create(self, event: dict) -> None:
+    async def _response_create(self, event: E.ResponseCreate) -> None:
         if self.kind != "realtime":
             raise ProtocolError("not_supported", "transcription sessions do not create "
                                 "responses")
         if self.agent.responding:
             raise ProtocolError("conversation_already_has_active_response",
                                 "a response is in progress; cancel it first")
-        r = event.get("response") or {}
-        instructions = r.get("instructions") if isinstance(r, dict) else None
-        self.agent.start_response(instructions if isinstance(instructions, str) else None)
+        self.agent.start_response(event.instructions)
 
-    async def _response_cancel(self, event: dict) -> None:
+    async def _response_cancel(self, event: E.ResponseCancel) -> None:
         if not self.agent.responding:
             raise ProtocolError("response_cancel_not_active", "no response is in progress")
         await self.agent.interrupt("client_cancelled")  # its audio stops too
 
-    async def _item_create(self, event: dict) -> None:
-        item = event.get("item")
-        if not isinstance(item, dict) or item.get("type", "message") != "message":
-            raise ProtocolError("invalid_item", "only message items are supported",
-                                param="item")
-        role = item.get("role")
-        texts = [c.get("text") or c.get("transcript") or ""
-                 for c in item.get("content") or [] if isinstance(c, dict)]
-        text = " ".join(t for t in texts if isinstance(t, str)).strip()
-        if role not in ("user", "assistant", "system") or not text:
-            raise ProtocolError("invalid_item", "a message item needs a role and text content",
-                                param="item")
-        if len(text) > self.limits.max_text_chars:
-            raise ProtocolError("text_too_long", f"text exceeds {self.limits.max_text_chars} "
-                                "characters", param="item.content")
-        item_id = item.get("id") if isinstance(item.get("id"), str) else new_id("item")
-        self.agent.add_message(role, text, item_id)
+    async def _item_create(self, event: E.ItemCreate) -> None:
+        item_id = event.item_id or new_id("item")
+        self.agent.add_message(event.role, event.text, item_id)
         self.emit("conversation.item.added", previous_item_id=None, item={
-            "id": item_id, "type": "message", "role": role, "status": "completed",
-            "content": [{"type": "input_text", "text": text}]})
+            "id": item_id, "type": "message", "role": event.role, "status": "completed",
+            "content": [{"type": "input_text", "text": event.text}]})
 
-    async def _item_truncate(self, event: dict) -> None:
+    async def _item_truncate(self, event: E.ItemTruncate) -> None:
         """The client played only ``audio_end_ms`` of an assistant item: the history keeps
         what was heard, and its audio stops if it is still playing."""
-        item_id, end_ms = event.get("item_id"), event.get("audio_end_ms")
-        if not isinstance(item_id, str):
-            raise ProtocolError("invalid_item_id", "item_id must be a string", param="item_id")
-        if not isinstance(end_ms, int) or isinstance(end_ms, bool) or end_ms < 0:
-            raise ProtocolError("invalid_audio_end_ms", "audio_end_ms must be an integer >= 0",
-                                param="audio_end_ms")
         try:
-            self.agent.truncate(item_id, end_ms)
+            self.agent.truncate(event.item_id, event.audio_end_ms)
         except UnknownItem:
-            raise ProtocolError("item_not_found", f"no item {item_id!r} in the conversation",
-                                param="item_id") from None
+            raise ProtocolError("item_not_found", f"no item {event.item_id!r} in the "
+                                "conversation", param="item_id") from None
         except ValueError as exc:
             raise ProtocolError("invalid_truncate", str(exc), param="audio_end_ms") from None
-        self.emit("conversation.item.truncated", item_id=item_id,
-                  content_index=event.get("content_index", 0), audio_end_ms=end_ms)
+        self.emit("conversation.item.truncated", item_id=event.item_id,
+                  content_index=event.content_index, audio_end_ms=event.audio_end_ms)
 
-    async def _output_clear(self, event: dict) -> None:
+    async def _output_clear(self, event: E.OutputClear) -> None:
         if not await self.agent.interrupt("client_cancelled") and self.media is not None:
             self.emit("output_audio_buffer.cleared")  # nothing was playing: still answer
 

@@ -1,0 +1,424 @@
+"""Client events of the Realtime protocol: the one place that validates them.
+
+``parse_event(raw, max_bytes)`` turns one client message into a typed event or
+raises ``ProtocolError`` with the code and parameter path the client gets in its
+``error`` event. Past this point nothing sees raw JSON: every field has its type,
+numbers are finite and in range, strings and lists are bounded.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass, field
+from typing import Any
+
+MAX_DEPTH = 32  # no protocol object nests deeper than ~6
+SUPPORTED_RATES = (16000, 24000)
+
+
+class ProtocolError(Exception):
+    def __init__(self, code: str, message: str, param: str | None = None,
+                 type_: str = "invalid_request_error"):
+        super().__init__(message)
+        self.code, self.message, self.param, self.type = code, message, param, type_
+        self.event_id: str | None = None  # of the client event that caused it
+
+
+class _Unset:
+    def __repr__(self) -> str:
+        return "UNSET"
+
+
+UNSET: Any = _Unset()  # a field the client did not send (None may be a value: null)
+
+
+# -- the events ---------------------------------------------------------------------------
+@dataclass(frozen=True)
+class AudioFormat:
+    type: str  # "audio/pcm" (GA) or "pcm16" (beta)
+    rate: int
+
+
+@dataclass(frozen=True)
+class TurnDetection:
+    type: str
+    threshold: float | None = None
+    silence_duration_ms: int | None = None
+    prefix_padding_ms: int | None = None
+    create_response: bool | None = None
+    interrupt_response: bool | None = None
+
+
+@dataclass(frozen=True)
+class SessionConfig:
+    type: str | None = None  # realtime | transcription
+    beta_shape: bool = False  # the beta session object (modalities, input_audio_format)
+    instructions: str | None = None
+    output_modalities: list[str] | None = None
+    input_format: AudioFormat | None = None
+    output_format: AudioFormat | None = None
+    voice: str | None = None
+    language: str | None = None
+    turn_detection: TurnDetection | _Unset | None = UNSET  # None: the client commits
+    temperature: float | None = None
+    seed: int | None = None
+    max_output_tokens: int | None = None
+
+
+@dataclass(frozen=True)
+class SessionUpdate:
+    session: SessionConfig
+    transcription_only: bool = False  # transcription_session.update
+
+
+@dataclass(frozen=True)
+class AudioAppend:
+    audio: str  # base64, decoded by the handler (it knows the rate)
+
+
+@dataclass(frozen=True)
+class BufferCommit:
+    pass
+
+
+@dataclass(frozen=True)
+class BufferClear:
+    pass
+
+
+@dataclass(frozen=True)
+class ResponseCreate:
+    instructions: str | None = None
+
+
+@dataclass(frozen=True)
+class ResponseCancel:
+    response_id: str | None = None
+
+
+@dataclass(frozen=True)
+class ItemCreate:
+    role: str
+    text: str
+    item_id: str | None = None
+
+
+@dataclass(frozen=True)
+class ItemTruncate:
+    item_id: str
+    audio_end_ms: int
+    content_index: int = 0
+
+
+@dataclass(frozen=True)
+class OutputClear:
+    pass
+
+
+@dataclass(frozen=True)
+class ClientEvent:
+    type: str
+    event_id: str | None
+    body: Any = field(default=None)
+
+
+# -- field readers --------------------------------------------------------------------------
+def _at(path: str, key: str) -> str:
+    return f"{path}.{key}" if path else key
+
+
+def _get(obj: dict, key: str, path: str, kinds: tuple[type, ...], what: str,
+         code: str = "invalid_value") -> Any:
+    """``obj[key]`` when present and of one of ``kinds``; UNSET when absent; None for
+    null; else a ProtocolError naming the field."""
+    if key not in obj:
+        return UNSET
+    value = obj[key]
+    if value is None:
+        return None
+    if isinstance(value, bool) and bool not in kinds:
+        raise ProtocolError(code, f"{_at(path, key)} must be {what}", _at(path, key))
+    if not isinstance(value, kinds):
+        raise ProtocolError(code, f"{_at(path, key)} must be {what}", _at(path, key))
+    if isinstance(value, str):
+        _utf8(value, _at(path, key), code)
+    return value
+
+
+def _utf8(value: str, param: str, code: str = "invalid_value") -> None:
+    """JSON can carry lone surrogates ("\\ud800") that no encoder downstream accepts."""
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        raise ProtocolError(code, f"{param} is not valid UTF-8 text", param) from None
+
+
+def _obj(obj: dict, key: str, path: str, code: str = "invalid_value") -> dict | None:
+    value = _get(obj, key, path, (dict,), "an object", code)
+    return None if value is UNSET else value
+
+
+def _str(obj: dict, key: str, path: str, max_len: int = 200,
+         code: str = "invalid_value") -> str | None:
+    value = _get(obj, key, path, (str,), "a string", code)
+    if value is UNSET or value is None:
+        return None
+    if len(value) > max_len:
+        raise ProtocolError(code, f"{_at(path, key)} is longer than {max_len} characters",
+                            _at(path, key))
+    return value
+
+
+def _int(obj: dict, key: str, path: str, lo: int, hi: int,
+         code: str = "invalid_value") -> int | None:
+    value = _get(obj, key, path, (int,), "an integer", code)
+    if value is UNSET or value is None:
+        return None
+    if not lo <= value <= hi:
+        raise ProtocolError(code, f"{_at(path, key)} must be in {lo}..{hi}", _at(path, key))
+    return value
+
+
+def _num(obj: dict, key: str, path: str, lo: float, hi: float,
+         code: str = "invalid_value") -> float | None:
+    value = _get(obj, key, path, (int, float), "a number", code)
+    if value is UNSET or value is None:
+        return None
+    if not (math.isfinite(value) and lo <= value <= hi):
+        raise ProtocolError(code, f"{_at(path, key)} must be a number in {lo}..{hi}",
+                            _at(path, key))
+    return float(value)
+
+
+def _bool(obj: dict, key: str, path: str, code: str = "invalid_value") -> bool | None:
+    value = _get(obj, key, path, (bool,), "true or false", code)
+    return None if value is UNSET else value
+
+
+# -- parsers per event ------------------------------------------------------------------------
+def _format(obj: dict | None, path: str) -> AudioFormat | None:
+    if obj is None:
+        return None
+    kind = _str(obj, "type", path, 40, "unsupported_audio_format") or "audio/pcm"
+    if kind != "audio/pcm":
+        raise ProtocolError("unsupported_audio_format", f"{path} type {kind!r} is not "
+                            "supported; use audio/pcm", _at(path, "type"))
+    rate = _get(obj, "rate", path, (int,), "an integer", "unsupported_sample_rate")
+    rate = 24000 if rate in (UNSET, None) else rate
+    if rate not in SUPPORTED_RATES:
+        raise ProtocolError("unsupported_sample_rate", f"sample rate {rate} is not supported; "
+                            "use 16000 or 24000 (PCM16 mono little-endian)",
+                            _at(path, "rate"))
+    return AudioFormat(kind, rate)
+
+
+def _turn_detection(value: Any, path: str) -> TurnDetection | None:
+    if value is None:
+        return None
+    code = "invalid_turn_detection"
+    if not isinstance(value, dict):
+        raise ProtocolError(code, 'turn_detection must be null or {"type": "server_vad", ...}',
+                            path)
+    kind = _str(value, "type", path, 40, code) or "server_vad"
+    if kind not in ("server_vad", "semantic_vad"):
+        raise ProtocolError(code, f"turn_detection type {kind!r} is not supported; use "
+                            "server_vad or semantic_vad", _at(path, "type"))
+    return TurnDetection(
+        kind, _num(value, "threshold", path, 0.0, 1.0, code),
+        _int(value, "silence_duration_ms", path, 100, 5000, code),
+        _int(value, "prefix_padding_ms", path, 0, 2000, code),
+        _bool(value, "create_response", path, code),
+        _bool(value, "interrupt_response", path, code))
+
+
+def _session(s: dict, max_instructions: int) -> SessionConfig:
+    path = "session"
+    audio = _obj(s, "audio", path, "invalid_session") or {}
+    inp = _obj(audio, "input", "session.audio", "invalid_session") or {}
+    out = _obj(audio, "output", "session.audio", "invalid_session") or {}
+    beta_in = _str(s, "input_audio_format", path, 40, "unsupported_audio_format")
+    beta_out = _str(s, "output_audio_format", path, 40, "unsupported_audio_format")
+    for name, value in (("input_audio_format", beta_in), ("output_audio_format", beta_out)):
+        if value is not None and value != "pcm16":
+            raise ProtocolError("unsupported_audio_format", f"{name} {value!r} is not "
+                                "supported; use pcm16", _at(path, name))
+    in_fmt = _format(_obj(inp, "format", "session.audio.input", "unsupported_audio_format"),
+                     "session.audio.input.format")
+    out_fmt = _format(_obj(out, "format", "session.audio.output", "unsupported_audio_format"),
+                      "session.audio.output.format")
+    if in_fmt is None and beta_in is not None:
+        in_fmt = AudioFormat("pcm16", 24000)
+    if out_fmt is None and beta_out is not None:
+        out_fmt = AudioFormat("pcm16", 24000)
+
+    instructions = _get(s, "instructions", path, (str,), "a string", "invalid_instructions")
+    if instructions is not UNSET and instructions is not None \
+            and len(instructions) > max_instructions:
+        raise ProtocolError("invalid_instructions", f"instructions must be a string of at "
+                            f"most {max_instructions} characters", "session.instructions")
+    modalities_key = "output_modalities" if "output_modalities" in s else "modalities"
+    modalities = _get(s, modalities_key, path, (list,), 'a list: ["audio"] or ["text"]',
+                      "invalid_modalities")
+    if modalities not in (UNSET, None) and (
+            not modalities or not all(isinstance(m, str) for m in modalities)
+            or not set(modalities) <= {"audio", "text"}):
+        raise ProtocolError("invalid_modalities", 'output_modalities must be ["audio"] or '
+                            '["text"]', _at(path, modalities_key))
+    voice = _str(out, "voice", "session.audio.output", 64)
+    if voice is None:
+        voice = _str(s, "voice", path, 64)
+    transcription_key = "input_audio_transcription"
+    transcription = _obj(inp, "transcription", "session.audio.input")
+    if transcription is None:
+        transcription = _obj(s, transcription_key, path)
+    language = _str(transcription, "language", "transcription", 16) if transcription else None
+    if "turn_detection" in inp:
+        td = _turn_detection(inp["turn_detection"], "session.audio.input.turn_detection")
+    elif "turn_detection" in s:
+        td = _turn_detection(s["turn_detection"], "session.turn_detection")
+    else:
+        td = UNSET
+    max_tokens = _get(s, "max_output_tokens", path, (int, str), 'an integer or "inf"')
+    if isinstance(max_tokens, str) and max_tokens != "inf":
+        raise ProtocolError("invalid_value", 'max_output_tokens must be an integer or "inf"',
+                            "session.max_output_tokens")
+    if isinstance(max_tokens, int) and not 1 <= max_tokens <= 4096:
+        raise ProtocolError("invalid_value", "max_output_tokens must be in 1..4096",
+                            "session.max_output_tokens")
+    return SessionConfig(
+        type=_str(s, "type", path, 40, "invalid_session"),
+        beta_shape="modalities" in s or "input_audio_format" in s,
+        instructions=None if instructions is UNSET else instructions,
+        output_modalities=None if modalities is UNSET else modalities,
+        input_format=in_fmt, output_format=out_fmt, voice=voice, language=language,
+        turn_detection=td,
+        temperature=_num(s, "temperature", path, 0.0, 2.0),
+        seed=_int(s, "seed", path, 0, 2**31 - 1),
+        max_output_tokens=1024 if max_tokens == "inf" else
+        (None if max_tokens in (UNSET, None) else max_tokens))
+
+
+def _item(item: Any, max_text: int) -> ItemCreate:
+    if not isinstance(item, dict) or item.get("type", "message") != "message":
+        raise ProtocolError("invalid_item", "only message items are supported", "item")
+    role = item.get("role")
+    if role not in ("user", "assistant", "system"):
+        raise ProtocolError("invalid_item", "a message item needs a role: user, assistant "
+                            "or system", "item.role")
+    content = item.get("content")
+    if not isinstance(content, list) or len(content) > 32:
+        raise ProtocolError("invalid_item", "item.content must be a list of content parts",
+                            "item.content")
+    texts = []
+    for i, part in enumerate(content):
+        if not isinstance(part, dict):
+            raise ProtocolError("invalid_item", "a content part is an object",
+                                f"item.content[{i}]")
+        for key in ("text", "transcript"):
+            value = part.get(key)
+            if value is not None and not isinstance(value, str):
+                raise ProtocolError("invalid_item", f"{key} must be a string",
+                                    f"item.content[{i}].{key}")
+            if value:
+                _utf8(value, f"item.content[{i}].{key}", "invalid_item")
+                texts.append(value)
+    text = " ".join(texts).strip()
+    if not text:
+        raise ProtocolError("invalid_item", "a message item needs text content",
+                            "item.content")
+    if len(text) > max_text:
+        raise ProtocolError("text_too_long", f"text exceeds {max_text} characters",
+                            "item.content")
+    item_id = _str(item, "id", "item", 64, "invalid_item")
+    return ItemCreate(role, text, item_id)
+
+
+def _body(kind: str, event: dict, *, max_instructions: int, max_text: int) -> Any:
+    if kind in ("session.update", "transcription_session.update"):
+        s = event.get("session")
+        if not isinstance(s, dict):
+            raise ProtocolError("invalid_session", "session.update needs a session object",
+                                "session")
+        return SessionUpdate(_session(s, max_instructions),
+                             kind == "transcription_session.update")
+    if kind == "input_audio_buffer.append":
+        audio = event.get("audio")
+        if not isinstance(audio, str):
+            raise ProtocolError("invalid_audio", 'input_audio_buffer.append needs base64 '
+                                '"audio"', "audio")
+        return AudioAppend(audio)
+    if kind == "input_audio_buffer.commit":
+        return BufferCommit()
+    if kind == "input_audio_buffer.clear":
+        return BufferClear()
+    if kind == "response.create":
+        r = _obj(event, "response", "") or {}
+        instructions = _str(r, "instructions", "response", max_instructions,
+                            "invalid_instructions")
+        return ResponseCreate(instructions)
+    if kind == "response.cancel":
+        return ResponseCancel(_str(event, "response_id", "", 64))
+    if kind == "conversation.item.create":
+        return _item(event.get("item"), max_text)
+    if kind == "conversation.item.truncate":
+        item_id = _str(event, "item_id", "", 64, "invalid_item_id")
+        if item_id is None:
+            raise ProtocolError("invalid_item_id", "item_id must be a string", "item_id")
+        end_ms = _get(event, "audio_end_ms", "", (int,), "an integer >= 0",
+                      "invalid_audio_end_ms")
+        if not isinstance(end_ms, int) or not 0 <= end_ms <= 24 * 3600 * 1000:
+            raise ProtocolError("invalid_audio_end_ms", "audio_end_ms must be an integer "
+                                ">= 0", "audio_end_ms")
+        index = _int(event, "content_index", "", 0, 64) or 0
+        return ItemTruncate(item_id, end_ms, index)
+    if kind == "output_audio_buffer.clear":
+        return OutputClear()
+    raise ProtocolError("unknown_event", f"unknown event type {kind[:64]!r}", "type")
+
+
+CLIENT_EVENTS = frozenset({
+    "session.update", "transcription_session.update", "input_audio_buffer.append",
+    "input_audio_buffer.commit", "input_audio_buffer.clear", "response.create",
+    "response.cancel", "conversation.item.create", "conversation.item.truncate",
+    "output_audio_buffer.clear"})
+
+
+def _depth_ok(value: Any, limit: int) -> bool:
+    stack = [(value, 1)]
+    while stack:
+        v, d = stack.pop()
+        if isinstance(v, dict | list):
+            if d > limit:
+                return False
+            stack.extend((c, d + 1) for c in (v.values() if isinstance(v, dict) else v))
+    return True
+
+
+def parse_event(raw: str | bytes, *, max_bytes: int, max_instructions: int = 8000,
+                max_text: int = 4000) -> ClientEvent:
+    """One client message -> a typed event, or ProtocolError."""
+    size = len(raw.encode("utf-8", "surrogatepass")) if isinstance(raw, str) else len(raw)
+    if size > max_bytes:
+        raise ProtocolError("message_too_large", f"message of {size} bytes exceeds the "
+                            f"{max_bytes}-byte maximum; send audio in smaller appends")
+    try:
+        event = json.loads(raw)
+    except RecursionError:
+        raise ProtocolError("invalid_json", "message nests too deeply") from None
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise ProtocolError("invalid_json", f"message is not valid JSON: {exc}") from None
+    if not isinstance(event, dict) or not isinstance(event.get("type"), str):
+        raise ProtocolError("invalid_event", 'an event is a JSON object with a "type"')
+    if not _depth_ok(event, MAX_DEPTH):
+        raise ProtocolError("invalid_event", f"message nests deeper than {MAX_DEPTH} levels")
+    kind = event["type"]
+    event_id = event.get("event_id")
+    event_id = event_id[:64] if isinstance(event_id, str) else None
+    try:
+        _utf8(kind, "type", "unknown_event")
+        body = _body(kind, event, max_instructions=max_instructions, max_text=max_text)
+    except ProtocolError as exc:
+        exc.event_id = event_id
+        raise
+    return ClientEvent(kind, event_id, body)
