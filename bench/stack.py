@@ -35,8 +35,10 @@ def wait_http(url: str, timeout: float) -> None:
 
 
 @contextlib.contextmanager
-def local_stack(*, avatar: bool = False) -> Iterator[str]:
-    """Yield the media server's http://HOST:PORT; stop everything on exit."""
+def local_stack(*, avatar: bool = False, processes: dict[str, int] | None = None
+                ) -> Iterator[str]:
+    """Yield the media server's http://HOST:PORT; stop everything on exit. ``processes``
+    receives the pids of "tritonserver" and "media-server" (for memory figures)."""
     from streaming.settings import Settings
     from streaming.triton_server import TritonServer
 
@@ -54,6 +56,8 @@ def local_stack(*, avatar: bool = False) -> Iterator[str]:
                             env=dict(os.environ, RTMEDIA_MAX_SESSIONS="64"),
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     http = f"http://127.0.0.1:{port}"
+    if processes is not None and triton.proc is not None:
+        processes.update({"tritonserver": triton.proc.pid, "media-server": proc.pid})
     try:
         wait_http(http + "/readyz", 60)
         yield http

@@ -451,6 +451,8 @@ def build_parser() -> argparse.ArgumentParser:
                                    "(rtmedia bench agent --help)")
     bench.add_parser("avatar", help="avatar fps, sessions, A/V sync and latency over WebRTC "
                                     "(rtmedia bench avatar --help)")
+    bench.add_parser("soak", help="sessions talking for minutes: latency per minute, memory "
+                                  "per process (rtmedia bench soak --help)")
     return p
 
 
@@ -468,6 +470,10 @@ def main(argv: list[str] | None = None) -> int:
         from bench.avatar import main as bench_avatar
 
         return bench_avatar(argv[2:])
+    if argv[:2] == ["bench", "soak"]:
+        from bench.soak import main as bench_soak
+
+        return bench_soak(argv[2:])
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)
