@@ -1,7 +1,7 @@
 """A minimal Chromium driver over the DevTools Protocol (websockets only).
 
 Debian's chromium, headless, with a fake microphone that plays a WAV file and
-loopback ICE candidates allowed (see shared/PLATFORM.md for why each flag).
+loopback ICE candidates allowed (without it Chromium offers no 127.0.0.1 candidate).
 """
 
 from __future__ import annotations
@@ -86,6 +86,11 @@ class Browser:
         if "error" in msg:
             raise RuntimeError(f"{method}: {msg['error']}")
         return msg.get("result", {})
+
+    async def add_init_script(self, source: str) -> str:
+        """Run ``source`` in every new document before the page's own scripts."""
+        result = await self.send("Page.addScriptToEvaluateOnNewDocument", {"source": source})
+        return result["identifier"]
 
     async def goto(self, url: str) -> None:
         await self.send("Page.navigate", {"url": url})
