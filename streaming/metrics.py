@@ -32,3 +32,42 @@ FRAME_PROCESSING = Histogram(
     buckets=_FRAME_BUCKETS, registry=REGISTRY)
 TRITON_STREAMS = Gauge("rtmedia_triton_streams_open",
                        "gRPC streams open to Triton (all sessions)", registry=REGISTRY)
+
+# Event types that may become label values: the Realtime protocol's client and server
+# events (GA and beta names, including ones this server does not implement). Anything
+# else is "unknown", so a client cannot create label values (one series per type sent,
+# or a string Prometheus cannot encode, which broke every later scrape).
+CLIENT_EVENTS = frozenset({
+    "session.update", "transcription_session.update", "input_audio_buffer.append",
+    "input_audio_buffer.commit", "input_audio_buffer.clear", "conversation.item.create",
+    "conversation.item.retrieve", "conversation.item.truncate", "conversation.item.delete",
+    "response.create", "response.cancel", "output_audio_buffer.clear"})
+SERVER_EVENTS = frozenset({
+    "error", "session.created", "session.updated", "transcription_session.created",
+    "transcription_session.updated", "conversation.created", "conversation.item.created",
+    "conversation.item.added", "conversation.item.done", "conversation.item.retrieved",
+    "conversation.item.truncated", "conversation.item.deleted",
+    "conversation.item.input_audio_transcription.delta",
+    "conversation.item.input_audio_transcription.completed",
+    "conversation.item.input_audio_transcription.failed",
+    "conversation.item.input_audio_transcription.segment",
+    "input_audio_buffer.committed", "input_audio_buffer.cleared",
+    "input_audio_buffer.speech_started", "input_audio_buffer.speech_stopped",
+    "input_audio_buffer.timeout_triggered", "output_audio_buffer.started",
+    "output_audio_buffer.stopped", "output_audio_buffer.cleared", "response.created",
+    "response.done", "response.output_item.added", "response.output_item.done",
+    "response.content_part.added", "response.content_part.done",
+    "response.output_text.delta", "response.output_text.done",
+    "response.output_audio.delta", "response.output_audio.done",
+    "response.output_audio_transcript.delta", "response.output_audio_transcript.done",
+    "response.text.delta", "response.text.done", "response.audio.delta",
+    "response.audio.done", "response.audio_transcript.delta",
+    "response.audio_transcript.done", "response.function_call_arguments.delta",
+    "response.function_call_arguments.done", "rate_limits.updated"})
+KNOWN_EVENTS = CLIENT_EVENTS | SERVER_EVENTS
+
+
+def event_label(type_: object) -> str:
+    """The ``type`` label for an event: its name when it is a known protocol event,
+    else "unknown" (always a short ASCII string)."""
+    return type_ if isinstance(type_, str) and type_ in KNOWN_EVENTS else "unknown"

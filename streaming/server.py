@@ -1,12 +1,19 @@
 """The media server: HTTP + WebSocket (aiohttp), health, readiness, metrics, the web demo.
 
-Endpoints:
-  GET /v1/realtime         WebSocket, OpenAI Realtime protocol (voice agent)
-  GET /v1/realtime?intent=transcription   captions only
-  GET /healthz             the process is up
-  GET /readyz              200 only when Triton and the models the agent needs are ready
-  GET /metrics             Prometheus
-  GET /                    the web demo (static files)
+Endpoints (access needed when RTMEDIA_API_KEY is set; see streaming/auth.py):
+  GET  /v1/realtime                  WebSocket, OpenAI Realtime protocol     key or client secret
+  GET  /v1/realtime?intent=transcription   captions only                   key or client secret
+  POST /v1/realtime/calls            WebRTC SDP offer -> answer              key or client secret
+  POST /v1/realtime/client_secrets   mint an ephemeral client secret         key (demo pages: see
+                                                                             RTMEDIA_DEMO_PAGES_MINT)
+  GET  /v1/config                    ICE servers, avatar, mouth area         open; TURN credentials
+                                                                             only with a credential
+  GET  /healthz                      the process is up                       open
+  GET  /readyz                       200 only when the models are ready      open; reasons only
+                                                                             with the key
+  GET  /metrics                      Prometheus                              key (or a separate
+                                                                             listener: METRICS_PORT)
+  GET  /                             the web demo (static files)             open
 """
 
 from __future__ import annotations
@@ -21,20 +28,51 @@ from aiohttp import WSMsgType, web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from pipelines.router import ModelRouter
+from streaming import auth
 from streaming import metrics as M
+from streaming.auth import ACCESS, Access
 from streaming.realtime import Limits, RealtimeSession
 from streaming.settings import Settings
 
 log = logging.getLogger(__name__)
 WEB_DEMO = Path(__file__).resolve().parent.parent / "web_demo"
-# Hard cap of one WebSocket message; between Limits.max_message_bytes and this the
-# client gets an error event and the session goes on, above it the socket closes (1009).
-HARD_MESSAGE_CAP = 16 << 20
+# An HTTP request body (SDP offers are a few kB, client-secret requests less).
+MAX_BODY_BYTES = 1 << 20
+WS_HEARTBEAT_S = 20.0
+
+
+def hard_message_cap(settings: Settings) -> int:
+    """Bytes of one WebSocket message (aiohttp counts the frame's UTF-8 bytes): between
+    max_message_bytes and this the client gets an error event and the session goes on,
+    above it the socket closes with 1009 before the message is buffered whole."""
+    return max(2 * settings.max_message_bytes, 64 << 10)
 
 ROUTER = web.AppKey("router", ModelRouter)
 SETTINGS = web.AppKey("settings", Settings)
 SESSIONS = web.AppKey("sessions", set)
 AVATAR = web.AppKey("avatar", object)
+AUTH = web.AppKey("auth", auth.Auth)
+METRICS_RUNNER = web.AppKey("metrics_runner", web.AppRunner)
+
+# What each route needs; a route missing here needs the key (static pages are open).
+ROUTE_ACCESS = {
+    "/v1/realtime": Access.SECRET,
+    "/v1/realtime/calls": Access.SECRET,
+    "/v1/realtime/client_secrets": Access.NONE,  # the handler decides (key or demo page)
+    "/v1/config": Access.NONE,  # TURN credentials only with a credential
+    "/healthz": Access.NONE,
+    "/readyz": Access.NONE,  # details only with the key
+    "/metrics": Access.KEY,
+    "/": Access.NONE,  # redirect to the page
+}
+
+
+def required_access(request: web.Request) -> Access:
+    route = request.match_info.route
+    resource = route.resource
+    if resource is None or isinstance(resource, web.StaticResource):
+        return Access.NONE  # 404 / 405 answers, and the static pages
+    return ROUTE_ACCESS.get(resource.canonical, Access.KEY)
 
 
 def make_router(settings: Settings) -> ModelRouter:
@@ -44,13 +82,20 @@ def make_router(settings: Settings) -> ModelRouter:
         "avatar": settings.avatar_model})
 
 
-def create_app(settings: Settings, router: ModelRouter | None = None) -> web.Application:
-    app = web.Application(client_max_size=HARD_MESSAGE_CAP)
+def create_app(settings: Settings, router: ModelRouter | None = None,
+               secrets: auth.SecretStore | None = None) -> web.Application:
+    guard = auth.Auth(settings.api_key, secrets, auth.Origins(settings.allowed_origins),
+                      demo_pages_mint=settings.demo_pages_mint)
+    auth.install_log_redaction(settings.api_key)
+    app = web.Application(client_max_size=MAX_BODY_BYTES,
+                          middlewares=[auth.middleware(guard, required_access)])
     app[SETTINGS] = settings
+    app[AUTH] = guard
     app[ROUTER] = router or make_router(settings)
     app[SESSIONS] = set()
     app.router.add_get("/v1/realtime", realtime_ws)
     app.router.add_post("/v1/realtime/calls", realtime_call)
+    app.router.add_post("/v1/realtime/client_secrets", client_secrets)
     app.router.add_get("/v1/config", client_config)
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readyz)
@@ -59,7 +104,9 @@ def create_app(settings: Settings, router: ModelRouter | None = None) -> web.App
         app.router.add_get("/", index)
         app.router.add_static("/", WEB_DEMO, show_index=False)
     app.on_startup.append(_load_avatar)
+    app.on_startup.append(_start_metrics_listener)
     app.on_shutdown.append(_close_sessions)
+    app.on_cleanup.append(_stop_metrics_listener)
     app.on_cleanup.append(lambda a: a[ROUTER].close())
     return app
 
@@ -73,6 +120,7 @@ async def healthz(request: web.Request) -> web.Response:
 
 
 async def readyz(request: web.Request) -> web.Response:
+    """Open for probes; which model is not ready, and where Triton is, only with the key."""
     router: ModelRouter = request.app[ROUTER]
     problems = []
     for use_case in ("stt", "tts", "agent"):
@@ -81,7 +129,10 @@ async def readyz(request: web.Request) -> web.Response:
             problems.append(f"{use_case}: model {route.model!r} not ready at "
                             f"{route.client.url}")
     status = 503 if problems else 200
-    return web.json_response({"ready": not problems, "problems": problems}, status=status)
+    body: dict = {"ready": not problems}
+    if request[ACCESS] >= Access.KEY:
+        body["problems"] = problems
+    return web.json_response(body, status=status)
 
 
 async def metrics(request: web.Request) -> web.Response:
@@ -90,34 +141,86 @@ async def metrics(request: web.Request) -> web.Response:
     return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
 
 
-def _authorized(request: web.Request, settings: Settings) -> bool:
-    if not settings.api_key:
-        return True
-    header = request.headers.get("Authorization", "")
-    token = header.removeprefix("Bearer ").strip() or request.query.get("api_key", "")
-    if not token:  # browsers cannot set headers on WebSocket: subprotocol carries it
-        for proto in request.headers.get("Sec-WebSocket-Protocol", "").split(","):
-            proto = proto.strip()
-            if proto.startswith("openai-insecure-api-key."):
-                token = proto.removeprefix("openai-insecure-api-key.")
-    return token == settings.api_key
+async def _start_metrics_listener(app: web.Application) -> None:
+    """``RTMEDIA_METRICS_PORT``: /metrics without auth on its own address (for a
+    Prometheus on a private network); the main port's /metrics still needs the key."""
+    settings: Settings = app[SETTINGS]
+    if not settings.metrics_port:
+        return
+    side = web.Application()
+    side[ROUTER] = app[ROUTER]
+    side.router.add_get("/metrics", metrics)
+    runner = web.AppRunner(side, access_log=None)
+    await runner.setup()
+    await web.TCPSite(runner, settings.metrics_host, settings.metrics_port).start()
+    app[METRICS_RUNNER] = runner
+    log.info("metrics on http://%s:%d/metrics", settings.metrics_host, settings.metrics_port)
+
+
+async def _stop_metrics_listener(app: web.Application) -> None:
+    runner = app.get(METRICS_RUNNER)
+    if runner is not None:
+        await runner.cleanup()
+
+
+async def client_secrets(request: web.Request) -> web.Response:
+    """``POST /v1/realtime/client_secrets`` (OpenAI's shape): an ephemeral secret a page
+    or device uses instead of the API key, for at most ``RTMEDIA_CLIENT_SECRET_TTL_S``.
+    Needs the key, or (``RTMEDIA_DEMO_PAGES_MINT=1``) a page of this server's own origin.
+    Body (optional): ``{"expires_after": {"anchor": "created_at", "seconds": N},
+    "session": {...}}``; the session is echoed, not applied (send ``session.update``)."""
+    guard: auth.Auth = request.app[AUTH]
+    settings: Settings = request.app[SETTINGS]
+    if request[ACCESS] < Access.KEY and not guard.may_mint_for_page(request):
+        return auth.unauthorized("minting a client secret needs the API key")
+    ttl = settings.client_secret_ttl_s
+    body: dict = {}
+    if request.can_read_body:
+        try:
+            body = json.loads(await request.text() or "{}")
+            if not isinstance(body, dict):
+                raise ValueError("not an object")
+            after = body.get("expires_after") or {}
+            if not isinstance(after, dict) or after.get("anchor", "created_at") != "created_at":
+                raise ValueError("expires_after")
+            seconds = after.get("seconds", ttl)
+            if isinstance(seconds, bool) or not isinstance(seconds, int | float) \
+                    or not 1 <= seconds:
+                raise ValueError("expires_after.seconds")
+            session = body.get("session")
+            if session is not None and not isinstance(session, dict):
+                raise ValueError("session")
+        except ValueError as exc:
+            return web.json_response({"error": {
+                "type": "invalid_request_error", "code": "invalid_request",
+                "message": f"invalid body ({str(exc)[:80]}): expected "
+                           '{"expires_after": {"anchor": "created_at", "seconds": N}}'}},
+                status=400)
+        ttl = min(float(seconds), ttl)
+    try:
+        secret = await guard.store.mint(ttl)
+    except auth.SecretStoreFull:
+        return web.json_response({"error": {"type": "server_error", "code": "too_many_secrets",
+                                            "message": "too many live client secrets"}},
+                                 status=503)
+    log.info("client secret minted for %s, valid %.0f s", request.remote, ttl)
+    return web.json_response({"value": secret.value, "expires_at": int(secret.expires_at),
+                              "session": body.get("session") or {"type": "realtime"}})
 
 
 async def realtime_ws(request: web.Request) -> web.StreamResponse:
     settings: Settings = request.app[SETTINGS]
     sessions: set = request.app[SESSIONS]
-    if not _authorized(request, settings):
-        return web.json_response({"error": {"type": "invalid_request_error",
-                                            "code": "invalid_api_key",
-                                            "message": "missing or wrong API key"}},
-                                 status=401)
-    protocols = [p.strip() for p in request.headers.get("Sec-WebSocket-Protocol", "")
-                 .split(",") if p.strip()]
-    ws = web.WebSocketResponse(max_msg_size=HARD_MESSAGE_CAP, compress=False, heartbeat=20,
-                               protocols=[p for p in protocols if p == "realtime"])
-    await ws.prepare(request)
+    # The handshake never sees the credential subprotocol: aiohttp would log it (a
+    # WARNING: no overlap with ours) and must not echo it back as the chosen protocol.
+    handshake = auth.without_credential_protocols(request)
+    offered = auth.offered_protocols(handshake.headers)
+    ws = web.WebSocketResponse(max_msg_size=hard_message_cap(settings), compress=False,
+                               heartbeat=WS_HEARTBEAT_S, protocols=["realtime"])
+    await ws.prepare(handshake)
     kind = "transcription" if request.query.get("intent") == "transcription" else "realtime"
-    beta = "realtime=v1" in request.headers.get("OpenAI-Beta", "")
+    beta = ("realtime=v1" in request.headers.get("OpenAI-Beta", "")
+            or "openai-beta.realtime-v1" in offered)
     if len(sessions) >= settings.max_sessions:
         M.SESSIONS_REFUSED.inc()
         M.ERRORS.labels("session_limit").inc()
@@ -125,16 +228,38 @@ async def realtime_ws(request: web.Request) -> web.StreamResponse:
             "type": "server_error", "code": "session_limit",
             "message": f"the server is at its limit of {settings.max_sessions} concurrent "
                        "sessions; try again later"}})
-        await ws.close(code=1013, message=b"session limit")
+        await _close(ws, request, 1013, b"session limit")
         return ws
 
     send_lock = asyncio.Lock()
+    dropping: list[asyncio.Task] = []
+
+    def drop(reason: str) -> None:
+        """The client does not read what we send: close it (1008) rather than queue
+        without limit. The error event goes into the transport's buffer (the client
+        sees it if it ever reads), then the connection is aborted."""
+        if dropping:
+            return
+        M.ERRORS.labels("client_not_reading").inc()
+        log.info("session %s: %s; closing it", session.id, reason)
+        dropping.append(asyncio.create_task(_drop_unread(ws, request, reason)))
 
     async def send(event: dict) -> None:
-        if ws.closed:
+        if ws.closed or dropping:
             raise ConnectionError("websocket closed")
+        data = json.dumps(event, separators=(",", ":"))
         async with send_lock:
-            await ws.send_str(json.dumps(event, separators=(",", ":")))
+            transport = request.transport
+            unsent = transport.get_write_buffer_size() if transport is not None else 0
+            if unsent > settings.max_send_buffer_bytes:
+                drop(f"{unsent} bytes unsent")
+                raise ConnectionError("client not reading")
+            try:
+                async with asyncio.timeout(settings.send_timeout_s):
+                    await ws.send_str(data)
+            except TimeoutError:
+                drop(f"a send blocked for {settings.send_timeout_s:.0f} s")
+                raise ConnectionError("client not reading") from None
 
     session = RealtimeSession(send, request.app[ROUTER], kind=kind, beta=beta,
                               limits=Limits(max_message_bytes=settings.max_message_bytes),
@@ -143,19 +268,28 @@ async def realtime_ws(request: web.Request) -> web.StreamResponse:
     sessions.add(session)
     M.SESSIONS_ACTIVE.labels(kind).inc()
     M.SESSIONS_TOTAL.labels(kind).inc()
+    loop = asyncio.get_running_loop()
     try:
         await session.start()
+        # Idle means no client message: pings and pongs (ours or the client's) are
+        # answered inside ws.receive() and must not keep a silent session alive.
+        last_message = loop.time()
         while True:
-            try:
-                msg = await ws.receive(timeout=settings.idle_timeout_s)
-            except TimeoutError:
+            left = last_message + settings.idle_timeout_s - loop.time()
+            if left <= 0:
                 session.error("idle_timeout", f"no message for "
-                              f"{settings.idle_timeout_s:.0f} s; closing the session",
+                              f"{settings.idle_timeout_s:g} s; closing the session",
                               type_="server_error")
                 await session.drain()
-                await ws.close(code=1000, message=b"idle timeout")
+                await _close(ws, request, 1000, b"idle timeout")
                 break
+            try:
+                async with asyncio.timeout(left):
+                    msg = await ws.receive()
+            except TimeoutError:
+                continue
             if msg.type in (WSMsgType.TEXT, WSMsgType.BINARY):
+                last_message = loop.time()
                 await session.handle(msg.data)
             elif msg.type == WSMsgType.ERROR:
                 log.info("websocket error: %s", ws.exception())
@@ -166,10 +300,36 @@ async def realtime_ws(request: web.Request) -> web.StreamResponse:
         sessions.discard(session)
         M.SESSIONS_ACTIVE.labels(kind).dec()
         await session.close()
-        if not ws.closed:
-            with contextlib.suppress(Exception):
-                await ws.close()
+        if dropping:
+            await asyncio.gather(*dropping, return_exceptions=True)
+        elif not ws.closed:
+            await _close(ws, request, 1000, b"")
     return ws
+
+
+async def _close(ws: web.WebSocketResponse, request: web.Request, code: int, message: bytes,
+                 timeout: float = 5.0, drain: bool = True) -> None:
+    """Close within ``timeout`` even when the client reads nothing (then abort: closing
+    the transport would wait for its unread buffer to drain)."""
+    with contextlib.suppress(Exception):
+        async with asyncio.timeout(timeout):
+            await ws.close(code=code, message=message, drain=drain)
+    transport = request.transport
+    if transport is not None and transport.get_write_buffer_size():
+        transport.abort()
+
+
+async def _drop_unread(ws: web.WebSocketResponse, request: web.Request, reason: str) -> None:
+    error = {"type": "error", "event_id": "event_client_not_reading", "error": {
+        "type": "server_error", "code": "client_not_reading",
+        "message": f"the client does not read what the server sends ({reason}); "
+                   "closing the session"}}
+    with contextlib.suppress(Exception):
+        async with asyncio.timeout(0.2):  # written at once; waiting for it to drain is moot
+            await ws.send_str(json.dumps(error, separators=(",", ":")))
+    await _close(ws, request, 1008, b"client not reading", timeout=1.0, drain=False)
+    if request.transport is not None:
+        request.transport.abort()
 
 
 async def _load_avatar(app: web.Application) -> None:
@@ -189,11 +349,15 @@ def _avatar(app: web.Application):
 
 
 async def client_config(request: web.Request) -> web.Response:
-    """What the web pages need to know: ICE servers, the avatar and its mouth area."""
+    """What the web pages need to know: ICE servers, the avatar and its mouth area.
+    ICE servers with credentials (TURN) only for a caller with a key or client secret."""
     settings: Settings = request.app[SETTINGS]
     avatar = _avatar(request.app)
+    ice = settings.ice_servers
+    if request[ACCESS] < Access.SECRET:
+        ice = [s for s in ice if not ({"username", "credential"} & set(s))]
     return web.json_response({
-        "ice_servers": settings.ice_servers, "avatar": settings.avatar_name,
+        "ice_servers": ice, "avatar": settings.avatar_name,
         "mouth": list(avatar.mouth_region()) if avatar else None})
 
 
@@ -206,9 +370,6 @@ async def realtime_call(request: web.Request) -> web.Response:
 
     settings: Settings = request.app[SETTINGS]
     sessions: set = request.app[SESSIONS]
-    if not _authorized(request, settings):
-        return web.json_response({"error": {"code": "invalid_api_key",
-                                            "message": "missing or wrong API key"}}, status=401)
     body = await request.text()
     as_json = request.content_type == "application/json"
     if as_json:

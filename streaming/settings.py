@@ -49,6 +49,18 @@ class Settings:
     idle_timeout_s: float = 120.0
     max_message_bytes: int = 1 << 20
     api_key: str | None = None
+    # Origin allow-list: "same-origin", "loopback", "*" or exact origins (https://app.example)
+    allowed_origins: tuple = ("same-origin", "loopback")
+    # Longest life of an ephemeral client secret (POST /v1/realtime/client_secrets)
+    client_secret_ttl_s: float = 120.0
+    # Demo only: this server's own pages may mint a client secret without the key
+    demo_pages_mint: bool = False
+    # A separate /metrics listener without auth (0: none; /metrics on the main port needs the key)
+    metrics_host: str = "127.0.0.1"
+    metrics_port: int = 0
+    # A client that does not read: a send blocked this long, or this much unsent, closes it
+    send_timeout_s: float = 10.0
+    max_send_buffer_bytes: int = 1 << 20
     avatar_model: str = "avatar"
     avatar_name: str = "astronaut"
     # JSON list of RTCIceServer dicts, e.g. [{"urls": "stun:stun.example.org:3478"}]
@@ -85,6 +97,14 @@ class Settings:
             idle_timeout_s=float(_env("IDLE_TIMEOUT_S", "120")),
             max_message_bytes=int(_env("MAX_MESSAGE_BYTES", str(1 << 20))),
             api_key=_env("API_KEY", "") or None,
+            allowed_origins=tuple(o.strip() for o in _env(
+                "ALLOWED_ORIGINS", "same-origin,loopback").split(",") if o.strip()),
+            client_secret_ttl_s=float(_env("CLIENT_SECRET_TTL_S", "120")),
+            demo_pages_mint=_env("DEMO_PAGES_MINT", "0").lower() in ("1", "true", "yes"),
+            metrics_host=_env("METRICS_HOST", "127.0.0.1"),
+            metrics_port=int(_env("METRICS_PORT", "0")),
+            send_timeout_s=float(_env("SEND_TIMEOUT_S", "10")),
+            max_send_buffer_bytes=int(_env("MAX_SEND_BUFFER_BYTES", str(1 << 20))),
             avatar_model=_env("AVATAR_MODEL", "avatar"),
             avatar_name=_env("AVATAR", "astronaut"),
             ice_servers=json.loads(_env("ICE_SERVERS", "[]")),
