@@ -37,7 +37,10 @@ async function start() {
   $("start").textContent = "Stop"; $("start").className = "stop";
   setState("connecting");
   try {
-    const config = await (await fetch("/v1/config")).json();
+    // a fresh client secret per connection (kiosk reconnects included)
+    const auth = window.rtmediaAuth.headers(await window.rtmediaAuth.secret());
+    state.authenticated = true;
+    const config = await (await fetch("/v1/config", { headers: auth })).json();
     const constraints = rawMic
       ? { echoCancellation: false, noiseSuppression: false, autoGainControl: false }
       : { echoCancellation: true, noiseSuppression: true, autoGainControl: true };
@@ -60,7 +63,8 @@ async function start() {
     };
     await pc.setLocalDescription(await pc.createOffer());
     const resp = await fetch("/v1/realtime/calls", {
-      method: "POST", body: pc.localDescription.sdp, headers: { "Content-Type": "application/sdp" },
+      method: "POST", body: pc.localDescription.sdp,
+      headers: { "Content-Type": "application/sdp", ...auth },
     });
     if (!resp.ok) {
       const err = await resp.json().catch(() => ({}));

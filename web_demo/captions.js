@@ -29,8 +29,11 @@ async function start() {
     await ctx.audioWorklet.addModule("pcm-worklet.js");
     const node = new AudioWorkletNode(ctx, "pcm-capture");
     ctx.createMediaStreamSource(stream).connect(node);
+    const secret = await window.rtmediaAuth.secret();
+    state.authenticated = true;
     const proto = location.protocol === "https:" ? "wss" : "ws";
-    ws = new WebSocket(`${proto}://${location.host}/v1/realtime?intent=transcription`);
+    ws = new WebSocket(`${proto}://${location.host}/v1/realtime?intent=transcription`,
+                       window.rtmediaAuth.protocols(secret));
     ws.onopen = () => {
       setState("connected");
       ws.send(JSON.stringify({ type: "session.update", session: { type: "transcription",
