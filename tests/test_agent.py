@@ -288,7 +288,7 @@ async def test_close_while_the_final_transcript_is_decoding():
 
 async def test_an_endless_turn_is_cut_and_memory_stays_bounded():
     clock = FakeClock()
-    agent, services = make_agent(clock, max_utterance_s=2.0, respond=False)
+    agent, _ = make_agent(clock, max_utterance_s=2.0, respond=False)
     await feed(agent, clock, speech(7.0))
     frames = drain(agent)
     assert len([f for f in frames if isinstance(f, F.BufferCommitted)]) == 3
