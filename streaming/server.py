@@ -415,9 +415,46 @@ async def realtime_call(request: web.Request) -> web.Response:
         await rtc.close()
         return web.json_response({"error": {"code": "invalid_offer", "message": str(exc)}},
                                  status=400)
+    watch = asyncio.create_task(_webrtc_idle_watch(rtc, settings.idle_timeout_s))
+    _WATCHES.add(watch)
+    watch.add_done_callback(_WATCHES.discard)
     if as_json:
         return web.json_response({"sdp": answer, "type": "answer"}, status=201)
     return web.Response(text=answer, status=201, content_type="application/sdp")
+
+
+_WATCHES: set[asyncio.Task] = set()
+
+
+async def _webrtc_idle_watch(rtc, idle_s: float) -> None:
+    """Idle on WebRTC: browsers send microphone packets all the time (silence too), so
+    packets are no sign of life (a peer that sends none is dropped after 5 s by the
+    session itself). Idle means no data-channel message, no speech heard (VAD) and no
+    reply being generated or played, for ``idle_s``; then an ``idle_timeout`` error on
+    the data channel and the call is closed."""
+    loop = asyncio.get_running_loop()
+    session = rtc.session
+    last = loop.time()
+    handle = session.handle
+
+    async def handle_counted(raw) -> None:  # every data-channel message passes here
+        nonlocal last
+        last = loop.time()
+        await handle(raw)
+
+    session.handle = handle_counted
+    poll = min(0.25, idle_s / 4)
+    while not rtc.closed:
+        await asyncio.sleep(poll)
+        agent = session.agent
+        if agent.turns.speaking or agent.speaking:
+            last = loop.time()
+        elif loop.time() - last >= idle_s:
+            session.error("idle_timeout", f"no message and no speech for {idle_s:g} s; "
+                          "closing the session", type_="server_error")
+            await session.drain()
+            await rtc.close()
+            return
 
 
 async def _close_sessions(app: web.Application) -> None:

@@ -13,9 +13,11 @@ import socket
 import struct
 import time
 
+import numpy as np
 import pytest
 import websockets
 
+from bench.stack import free_port
 from streaming import metrics as M
 from streaming.server import SESSIONS
 from tests.test_auth import KEY, keyed_settings, serve
@@ -180,3 +182,32 @@ async def test_hostile_event_types_do_not_break_metrics(tmp_path):
             if line.startswith("rtmedia_frames_total{"):
                 label = line.split('type="', 1)[1].split('"', 1)[0]
                 assert label in M.KNOWN_EVENTS or label in ("unknown", "invalid"), line
+
+
+@pytest.mark.triton
+async def test_webrtc_idle_means_no_message_and_no_speech(triton, triton_settings):
+    """Browsers send microphone packets all the time, silence included: a call whose
+    data channel is silent and whose microphone hears no speech is idle. A call that
+    sends a data-channel message now and then is not."""
+    from streaming.rtc_client import ArrayMicrophone, RtcCall
+
+    settings = triton_settings.replace(port=free_port(), triton_url=triton.grpc_url,
+                                       idle_timeout_s=1.5)
+    async with serve(settings) as s:
+        quiet = await RtcCall(s.http, ArrayMicrophone(np.zeros(4800, np.float32))).start()
+        busy = await RtcCall(s.http, ArrayMicrophone(np.zeros(4800, np.float32))).start()
+        try:
+            t0 = time.monotonic()
+            while time.monotonic() - t0 < 4:
+                if busy.channel.readyState == "open":
+                    busy.channel.send(json.dumps({"type": "input_audio_buffer.clear"}))
+                await asyncio.sleep(0.4)
+            quiet_errors = [e for _, e in quiet.rec.events if e["type"] == "error"]
+            busy_errors = [e for _, e in busy.rec.events if e["type"] == "error"]
+            open_calls = len(s.app[SESSIONS])
+        finally:
+            await quiet.close()
+            await busy.close()
+    assert [e["error"]["code"] for e in quiet_errors] == ["idle_timeout"]
+    assert not busy_errors, busy_errors
+    assert open_calls == 1  # the busy one
