@@ -23,7 +23,7 @@ import urllib.request
 
 import numpy as np
 
-from bench.stack import local_stack
+from bench.stack import api_key, local_stack
 from pipelines.speech import espeak_speech
 from pipelines.text import words
 from streaming.client import RealtimeClient
@@ -52,7 +52,7 @@ def summary(xs: list[float]) -> dict:
 
 
 async def agent_turn(url: str, question: np.ndarray, rate: int) -> float | None:
-    client = await RealtimeClient(url).connect()
+    client = await RealtimeClient(url, api_key()).connect()
     try:
         await client.wait_for("session.created")
         await client.update({"type": "realtime",
@@ -83,7 +83,7 @@ async def agent_turn(url: str, question: np.ndarray, rate: int) -> float | None:
 async def caption_run(url: str, audio: np.ndarray, rate: int = 16000) -> dict:
     """Stream at real-time pace; lag of each word from its end in the audio to the
     first partial that holds it, and lag of the final after the speech ended."""
-    client = await RealtimeClient(url).connect(transcription=True)
+    client = await RealtimeClient(url, api_key()).connect(transcription=True)
     try:
         await client.wait_for("session.created")
         await client.update({"type": "transcription", "audio": {"input": {

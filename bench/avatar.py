@@ -22,7 +22,7 @@ import aiohttp
 import numpy as np
 
 from bench.agent import QUESTIONS, last_voiced, summary
-from bench.stack import local_stack
+from bench.stack import api_key, local_stack
 from pipelines.speech import espeak_speech
 from streaming.rtc_client import ArrayMicrophone, RtcCall
 
@@ -48,7 +48,7 @@ async def turn(http: str, box, question: str) -> dict:
     speech = espeak_speech(question, rate=rate)
     lead = 0.5
     mic = ArrayMicrophone(np.concatenate([np.zeros(int(lead * rate), np.float32), speech]))
-    call = await RtcCall(http, mic, mouth_box=box, session={
+    call = await RtcCall(http, mic, mouth_box=box, api_key=api_key(), session={
         "type": "realtime", "instructions": "Answer in one short sentence.",
         "audio": {"input": {"turn_detection": {"type": "server_vad"}}}}).start()
     try:
@@ -73,7 +73,7 @@ async def turn(http: str, box, question: str) -> dict:
 
 
 async def idle_fps(http: str, k: int, seconds: float) -> list[float]:
-    calls = [RtcCall(http, ArrayMicrophone(np.zeros(48000, np.float32))) for _ in range(k)]
+    calls = [RtcCall(http, ArrayMicrophone(np.zeros(48000, np.float32)), api_key=api_key()) for _ in range(k)]
     await asyncio.gather(*(c.start() for c in calls))
     await asyncio.sleep(1.5)  # connection set-up
     marks = [len(c.rec.video_frames) for c in calls]

@@ -23,7 +23,7 @@ from pathlib import Path
 import numpy as np
 
 from bench.agent import QUESTIONS, last_voiced, pct
-from bench.stack import local_stack
+from bench.stack import api_key, local_stack
 from pipelines.speech import espeak_speech
 from streaming.client import RealtimeClient, pcm_from_delta
 
@@ -64,7 +64,7 @@ def process_tree(pids: dict[str, int]) -> dict[str, int]:
 
 async def session_loop(url: str, questions: list[np.ndarray], until: float,
                        turns: list[dict]) -> None:
-    client = await RealtimeClient(url).connect()
+    client = await RealtimeClient(url, api_key()).connect()
     try:
         await client.wait_for("session.created")
         await client.update({"type": "realtime",

@@ -22,6 +22,11 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def api_key() -> str | None:
+    """The key for a media server given with --url (RTMEDIA_API_KEY), if any."""
+    return os.environ.get("RTMEDIA_API_KEY") or None
+
+
 def wait_http(url: str, timeout: float) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:

@@ -259,7 +259,8 @@ def cmd_caption(args: argparse.Namespace) -> int:
     async def run() -> int:
         rate = 16000
         audio = load_audio(args.file, rate)
-        c = await RealtimeClient(args.url).connect(transcription=True)
+        c = await RealtimeClient(args.url, Settings.from_env().api_key).connect(
+            transcription=True)
         await c.wait_for("session.created")
         session = {"type": "transcription", "audio": {"input": {
             "format": {"type": "audio/pcm", "rate": rate},
@@ -312,7 +313,7 @@ def cmd_talk(args: argparse.Namespace) -> int:
     async def run() -> int:
         rate = 24000
         audio = load_audio(args.file, rate)
-        c = await RealtimeClient(args.url).connect()
+        c = await RealtimeClient(args.url, Settings.from_env().api_key).connect()
         await c.wait_for("session.created")
         await c.update({"type": "realtime", "instructions": args.instructions or
                         "You are a friendly voice assistant. Answer in one short sentence.",

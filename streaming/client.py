@@ -29,6 +29,7 @@ class Event:
 @dataclass
 class RealtimeClient:
     url: str  # ws://host:port/v1/realtime
+    api_key: str | None = None  # the server's RTMEDIA_API_KEY or a client secret (ek_...)
     ws: websockets.ClientConnection | None = None
     events: asyncio.Queue = field(default_factory=asyncio.Queue)
     _reader: asyncio.Task | None = None
@@ -36,8 +37,11 @@ class RealtimeClient:
     async def connect(self, *, transcription: bool = False, headers: dict | None = None
                       ) -> RealtimeClient:
         url = self.url + ("?intent=transcription" if transcription else "")
+        headers = dict(headers or {})
+        if self.api_key:
+            headers.setdefault("Authorization", f"Bearer {self.api_key}")
         self.ws = await websockets.connect(url, compression=None, max_size=None,
-                                           additional_headers=headers or {})
+                                           additional_headers=headers)
         self._reader = asyncio.create_task(self._read())
         return self
 

@@ -75,8 +75,9 @@ class CallRecord:
 
 class RtcCall:
     def __init__(self, base_url: str, mic: ArrayMicrophone, mouth_box=None,
-                 session: dict | None = None):
+                 session: dict | None = None, api_key: str | None = None):
         self.base_url = base_url
+        self.api_key = api_key
         self.mic = mic
         self.mouth_box = mouth_box
         self.session = session
@@ -108,7 +109,9 @@ class RtcCall:
         await self.pc.setLocalDescription(await self.pc.createOffer())
         async with aiohttp.ClientSession() as http, http.post(
                 f"{self.base_url}/v1/realtime/calls", data=self.pc.localDescription.sdp,
-                headers={"Content-Type": "application/sdp"}) as resp:
+                headers={"Content-Type": "application/sdp",
+                         **({"Authorization": f"Bearer {self.api_key}"}
+                            if self.api_key else {})}) as resp:
             body = await resp.text()
             if resp.status != 201:
                 raise RuntimeError(f"call refused ({resp.status}): {body}")
