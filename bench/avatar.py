@@ -73,7 +73,8 @@ async def turn(http: str, box, question: str) -> dict:
 
 
 async def idle_fps(http: str, k: int, seconds: float) -> list[float]:
-    calls = [RtcCall(http, ArrayMicrophone(np.zeros(48000, np.float32)), api_key=api_key()) for _ in range(k)]
+    calls = [RtcCall(http, ArrayMicrophone(np.zeros(48000, np.float32)), api_key=api_key())
+             for _ in range(k)]
     await asyncio.gather(*(c.start() for c in calls))
     await asyncio.sleep(1.5)  # connection set-up
     marks = [len(c.rec.video_frames) for c in calls]
