@@ -110,14 +110,17 @@ def sentence_ends(text: str, final: bool = True) -> list[int]:
 
     ``final=False``: more text may follow; a boundary that depends on it (a period
     at the very end, "p.m." before a word not seen yet) is not reported. A line
-    break also ends a sentence (lists, headings).
+    break also ends a sentence (lists, headings) unless a clause mark precedes it.
     """
     ends: list[int] = []
     i, n = 0, len(text)
     while i < n:
         ch = text[i]
         if ch == "\n":
-            if text[ends[-1] if ends else 0:i].strip():
+            line = text[ends[-1] if ends else 0:i].rstrip()
+            # A line break ends a sentence (lists, headings), unless the line ends
+            # in a clause mark: "Three steps:" or a poem's "waves," goes on.
+            if line.strip() and line[-1] not in CLAUSE_MARKS:
                 ends.append(i)
             i += 1
             continue
