@@ -124,6 +124,10 @@ def render_repository(dest: Path, placement: str, src: Path = MODELS_SRC) -> lis
     groups = load_placement(placement)
     if dest.exists():
         shutil.rmtree(dest)
+    # The models' shared helpers, next to the use-case folders where each model.py
+    # looks for them; never a repository itself (one --model-repository per use case).
+    shutil.copytree(src / "common", dest / "common",
+                    ignore=shutil.ignore_patterns("__pycache__"))
     repos = []
     for use_case in USE_CASES:
         out = dest / use_case

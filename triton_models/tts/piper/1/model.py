@@ -1,18 +1,20 @@
 """Streaming TTS as a decoupled Triton python model (piper voices, espeak-ng fallback).
 
-The text is cut into a short first clause and then whole sentences, so the first
-audio leaves after synthesizing a few words, not the whole answer. Each piece is
-one response: int16 audio, the sample rate and phoneme timings (lip sync). A
-cancelled request (client gone, barge-in) stops between pieces.
+The text is cut into a short first clause and then whole sentences (the splitter
+knows abbreviations, decimals and initials), so the first audio leaves after
+synthesizing a few words, not the whole answer. Each piece is one response: int16
+audio, the sample rate and phoneme timings (lip sync). A cancelled request
+(client gone, barge-in) stops between pieces. Text handling and timings live in
+common/ (tested offline).
 """
 
 from __future__ import annotations
 
 import json
 import os
-import re
 import shutil
 import subprocess
+import sys
 import wave
 from concurrent.futures import ThreadPoolExecutor
 from io import BytesIO
@@ -21,23 +23,12 @@ from pathlib import Path
 import numpy as np
 import triton_python_backend_utils as pb_utils
 
+# The rendered model repository has common/ next to the use-case folders.
+sys.path.insert(0, str(Path(__file__).resolve().parents[2].parent / "common"))
+from sentences import split_for_streaming
+from tts_text import alignment, choose_voice, piper_phonemes, spread_phonemes
+
 FINAL = pb_utils.TRITONSERVER_RESPONSE_COMPLETE_FINAL
-# Languages spoken by espeak-ng when the store has no neural voice for them.
-ESPEAK_LANGUAGES = {
-    "hi", "ta", "te", "bn", "mr", "gu", "kn", "ml", "pa", "ur", "or", "as", "ne", "si",
-    "en", "de", "fr", "es", "it", "pt", "nl", "ru", "ar", "tr", "pl", "sv", "ja", "cmn",
-}
-_SENTENCE_END = re.compile(r"(?<=[.!?;:…।])\s+")
-_CLAUSE_END = re.compile(r"(?<=[,;:—–])\s+")
-
-
-def split_for_streaming(text: str, first_clause_chars: int = 60) -> list[str]:
-    """Sentences, with the first one cut at its first clause when that is long."""
-    sentences = [s.strip() for s in _SENTENCE_END.split(text.strip()) if s.strip()]
-    if sentences and len(sentences[0]) > first_clause_chars:
-        clauses = [c for c in _CLAUSE_END.split(sentences[0], maxsplit=1) if c.strip()]
-        sentences[:1] = clauses
-    return sentences
 
 
 def _param(cfg: dict, key: str, default: str) -> str:
@@ -90,35 +81,13 @@ class TritonPythonModel:
         return None
 
     def _parse(self, request):
-        text = _string(request, "TEXT")
-        if text is None or not text.strip():
-            raise ValueError("TEXT is empty")
-        if len(text) > self.max_chars:
-            raise ValueError(f"TEXT has {len(text)} characters; the maximum is "
-                             f"{self.max_chars}: send it in parts")
-        voice = _string(request, "VOICE") or ""
-        language = (_string(request, "LANGUAGE") or "").lower()
         speed_t = pb_utils.get_input_tensor_by_name(request, "SPEED")
-        speed = float(speed_t.as_numpy().reshape(-1)[0]) if speed_t is not None else 1.0
-        if not 0.25 <= speed <= 4.0:
-            raise ValueError(f"SPEED {speed} is outside 0.25..4.0")
-        if voice and voice not in self.voices and voice != "espeak":
-            raise ValueError(f"unknown VOICE {voice!r}; available: "
-                             f"{', '.join(sorted(self.voices))}, espeak")
-        if not voice:
-            if not language:
-                voice = self.default_voice
-            elif language in self.languages or language.split("-")[0] in self.languages:
-                voice = self.languages.get(language) or self.languages[language.split("-")[0]]
-            elif language.split("-")[0] in ESPEAK_LANGUAGES and self.espeak:
-                voice = "espeak"
-            else:
-                raise ValueError(f"no voice for language {language!r}; neural voices: "
-                                 f"{', '.join(sorted(self.languages))}; espeak-ng: "
-                                 f"{', '.join(sorted(ESPEAK_LANGUAGES))}")
-        if voice == "espeak" and not self.espeak:
-            raise ValueError("espeak-ng is not installed on the Triton host")
-        return text, voice, language or "en", speed
+        return choose_voice(
+            _string(request, "TEXT"), _string(request, "VOICE") or "",
+            _string(request, "LANGUAGE") or "",
+            float(speed_t.as_numpy().reshape(-1)[0]) if speed_t is not None else 1.0,
+            max_chars=self.max_chars, voices=self.voices, languages=self.languages,
+            default_voice=self.default_voice, espeak=bool(self.espeak))
 
     def _run(self, sender, text: str, voice: str, language: str, speed: float) -> None:
         offset = 0.0
@@ -134,9 +103,7 @@ class TritonPythonModel:
                     if sender.is_cancelled():
                         break
                     duration = audio.size / rate
-                    align = {"text": piece, "offset_s": round(offset, 4),
-                             "duration_s": round(duration, 4), "voice": voice,
-                             "phonemes": phonemes}
+                    align = alignment(piece, offset, duration, voice, phonemes)
                     offset += duration
                     sender.send(pb_utils.InferenceResponse(output_tensors=[
                         pb_utils.Tensor("AUDIO", audio.astype(np.int16)),
@@ -155,14 +122,8 @@ class TritonPythonModel:
         voice = self.voices[voice_name]
         syn = SynthesisConfig(length_scale=1.0 / speed)
         for chunk in voice.synthesize(text, syn, include_alignments=True):
-            rate = chunk.sample_rate
-            phonemes, t = [], 0.0
-            for a in chunk.phoneme_alignments or []:
-                dur = a.num_samples / rate
-                if a.phoneme.strip() and a.phoneme not in ("^", "$", "_"):
-                    phonemes.append([a.phoneme, round(t, 4), round(t + dur, 4)])
-                t += dur
-            yield chunk.audio_int16_array, rate, phonemes
+            yield (chunk.audio_int16_array, chunk.sample_rate,
+                   piper_phonemes(chunk.phoneme_alignments, chunk.sample_rate))
 
     def _espeak(self, text: str, language: str, speed: float):
         wpm = str(int(165 * speed))
@@ -177,12 +138,7 @@ class TritonPythonModel:
         ipa = subprocess.run([self.espeak, "-v", language, "-q", "--ipa", "--stdin"],
                              input=data, capture_output=True, timeout=30).stdout.decode("utf-8",
                                                                                        "replace")
-        # espeak-ng gives no timings: spread its phonemes evenly (approximate).
-        symbols = [c for c in ipa if c.strip() and c not in "ˈˌː"]
-        step = (audio.size / rate) / max(len(symbols), 1)
-        phonemes = [[p, round(i * step, 4), round((i + 1) * step, 4)]
-                    for i, p in enumerate(symbols)]
-        return audio, rate, phonemes
+        return audio, rate, spread_phonemes(ipa, audio.size / rate)
 
     def finalize(self) -> None:
         self.pool.shutdown(wait=False, cancel_futures=True)
