@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import re
 import time
 
 import numpy as np
@@ -109,6 +110,31 @@ async def test_llm_streams_tokens(client):
     assert len(text_tokens) >= 3
     assert tokens[-1].finish_reason in ("stop", "length")
     assert "".join(t.text for t in tokens).strip()
+
+
+async def test_llm_reply_cut_for_length_ends_with_a_whole_sentence(client):
+    """A reply that runs into MAX_TOKENS ends at a sentence end, not mid-sentence
+    ("...So"), and says it was cut for length."""
+    for seed, question in enumerate(["Tell me about dogs.", "Why is the sky blue?",
+                                     "Explain how a car engine works."]):
+        tokens = [t async for t in chat(client, [{"role": "user", "content": question}],
+                                        max_tokens=24, temperature=0.0, seed=seed)]
+        text = "".join(t.text for t in tokens).strip()
+        assert tokens[-1].finish_reason == "length", (question, text)
+        assert re.search(r"[.!?][\"')\]]*$", text), (question, text)
+        assert len(text.split()) >= 5, (question, text)
+
+
+async def test_llm_does_not_loop(client):
+    """The repeat penalty (config.pbtxt) keeps the small model from looping: without it
+    this reply lists the week over and over until MAX_TOKENS (68 % of its 4-grams repeat)."""
+    messages = [{"role": "system", "content": "You are a helpful voice assistant. "
+                 "Answer briefly."}, {"role": "user", "content": "List the days of the week."}]
+    text = "".join([t.text async for t in chat(client, messages, max_tokens=100,
+                                                 temperature=0.0, seed=1)])
+    words = re.findall(r"\w+", text.lower())
+    grams = [tuple(words[i:i + 4]) for i in range(len(words) - 3)]
+    assert grams and len(set(grams)) / len(grams) > 0.8, text
 
 
 async def test_llm_cancel_stops_generation(client):

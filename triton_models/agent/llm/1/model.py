@@ -2,20 +2,26 @@
 
 Tokens go out as they are sampled. Between tokens the model asks Triton whether
 the request was cancelled (client disconnect, barge-in) and stops generating at
-once, freeing the instance for the next user.
+once, freeing the instance for the next user. Near the MAX_TOKENS limit the text
+is released sentence by sentence, so a reply cut for length still ends with a
+whole sentence (common/llm_text.py, tested offline).
 """
 
 from __future__ import annotations
 
 import json
 import os
+import sys
 from pathlib import Path
 
 import numpy as np
 import triton_python_backend_utils as pb_utils
 
+# The rendered model repository has common/ next to the use-case folders.
+sys.path.insert(0, str(Path(__file__).resolve().parents[2].parent / "common"))
+from llm_text import SentenceBudget, check_max_tokens, parse_messages
+
 FINAL = pb_utils.TRITONSERVER_RESPONSE_COMPLETE_FINAL
-ROLES = {"system", "user", "assistant"}
 
 
 def _param(cfg: dict, key: str, default: str) -> str:
@@ -44,6 +50,13 @@ class TritonPythonModel:
         )
         self.max_tokens_limit = int(_param(cfg, "max_tokens_limit", "1024"))
         self.max_messages_bytes = int(_param(cfg, "max_messages_bytes", "65536"))
+        self.sentence_margin = int(_param(cfg, "sentence_margin_tokens", "24"))
+        self.sentence_grace = int(_param(cfg, "sentence_grace_tokens", "24"))
+        self.penalties = {
+            "repeat_penalty": float(_param(cfg, "repeat_penalty", "1.0")),
+            "frequency_penalty": float(_param(cfg, "frequency_penalty", "0.0")),
+            "presence_penalty": float(_param(cfg, "presence_penalty", "0.0")),
+        }
         self.eos = self.llm.token_eos()
 
     def execute(self, requests):
@@ -56,38 +69,31 @@ class TritonPythonModel:
                             flags=FINAL)
         return None
 
-    def _parse(self, request) -> tuple[list[dict], dict]:
+    def _parse(self, request) -> tuple[list[dict], dict, SentenceBudget | None]:
         raw = pb_utils.get_input_tensor_by_name(request, "MESSAGES").as_numpy().reshape(-1)[0]
-        if len(raw) > self.max_messages_bytes:
-            raise ValueError(f"MESSAGES is {len(raw)} bytes; the maximum is "
-                             f"{self.max_messages_bytes}")
-        try:
-            messages = json.loads(raw)
-        except (ValueError, UnicodeDecodeError) as exc:
-            raise ValueError(f"MESSAGES is not valid JSON: {exc}") from None
-        if not isinstance(messages, list) or not messages or not all(
-            isinstance(m, dict) and m.get("role") in ROLES and isinstance(m.get("content"), str)
-            for m in messages
-        ):
-            raise ValueError('MESSAGES must be a non-empty JSON list of {"role": '
-                             '"system"|"user"|"assistant", "content": "..."}')
-        max_tokens = _scalar(request, "MAX_TOKENS", 256)
-        if not 1 <= max_tokens <= self.max_tokens_limit:
-            raise ValueError(f"MAX_TOKENS {max_tokens} is outside 1..{self.max_tokens_limit}")
+        messages = parse_messages(raw, self.max_messages_bytes)
+        max_tokens = check_max_tokens(_scalar(request, "MAX_TOKENS", 256),
+                                      self.max_tokens_limit)
         opts = {
-            "max_tokens": int(max_tokens),
+            "max_tokens": max_tokens,
             "temperature": float(_scalar(request, "TEMPERATURE", 0.7)),
             "top_p": float(_scalar(request, "TOP_P", 0.95)),
+            **self.penalties,
         }
         seed = _scalar(request, "SEED", None)
         if seed is not None:
             opts["seed"] = int(seed)
+        budget = None
         if bool(_scalar(request, "IGNORE_EOS", False)):
+            # Benchmarks: raw tokens up to MAX_TOKENS, no holding back.
             opts["logit_bias"] = {self.eos: -1e9}
-        return messages, opts
+        elif self.sentence_margin > 0 or self.sentence_grace > 0:
+            budget = SentenceBudget(max_tokens, self.sentence_margin, self.sentence_grace)
+            opts["max_tokens"] = budget.limit
+        return messages, opts, budget
 
     def _generate(self, request, sender) -> None:
-        messages, opts = self._parse(request)
+        messages, opts, budget = self._parse(request)
         # llama.cpp raises a ValueError naming the sizes when the prompt overflows n_ctx.
         stream = self.llm.create_chat_completion(messages=messages, stream=True, **opts)
         reason, produced = "stop", 0
@@ -100,16 +106,24 @@ class TritonPythonModel:
                 piece = choice.get("delta", {}).get("content") or ""
                 if piece:
                     produced += 1
-                    sender.send(_response(piece, ""))
+                    text = budget.push(piece) if budget else piece
+                    if text:
+                        sender.send(_response(text, ""))
                 if choice.get("finish_reason"):
                     reason = choice["finish_reason"]
+                if budget and budget.done:
+                    break
         finally:
             stream.close()  # stops llama.cpp from sampling further tokens
-        usage = {"completion_tokens": produced}
         if reason == "cancelled":
             sender.send(flags=FINAL)
-        else:
-            sender.send(_response("", reason, usage), flags=FINAL)
+            return
+        if budget:
+            tail = budget.finish(model_stopped=reason == "stop")
+            if tail:
+                sender.send(_response(tail, ""))
+            reason = budget.reason
+        sender.send(_response("", reason, {"completion_tokens": produced}), flags=FINAL)
 
 
 def _response(text: str, reason: str, usage: dict | None = None):
