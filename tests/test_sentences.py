@@ -160,3 +160,17 @@ def test_clause_splitter_long_pieces_cut_at_clauses():
     text = "First one here. " + "word " * 30 + "and more, then the rest of it."
     pieces = _stream(text, long_chars=60)
     assert pieces[1].endswith("and more,") and pieces[2] == "then the rest of it."
+
+
+def test_pieces_are_capped_for_tts_memory():
+    from rtmedia_models_common.sentences import cap_length, split_for_streaming
+
+    long = ("The committee met on Tuesday and discussed the budget for the new library "
+            "building in great detail, the parking plan for the visitors and the staff, and "
+            "the opening hours that Dr. Smith proposed for the winter months next year.")
+    parts = split_for_streaming(long, max_chars=80)
+    assert all(len(p) <= 80 for p in parts), parts
+    assert " ".join(parts) == long
+    assert not any(p.endswith("Dr.") for p in parts)
+    assert cap_length("short one.", 80) == ["short one."]
+    assert cap_length("x" * 200, 80) == ["x" * 200]  # one word cannot be cut

@@ -185,16 +185,45 @@ def split_sentences(text: str) -> list[str]:
     return pieces
 
 
-def split_for_streaming(text: str, first_clause_chars: int = 60) -> list[str]:
+def split_for_streaming(text: str, first_clause_chars: int = 60,
+                        max_chars: int = 0) -> list[str]:
     """Sentences, with the first one cut at its first clause when it is long (TTS:
-    the first audio leaves after a few words)."""
+    the first audio leaves after a few words); with ``max_chars``, no piece is longer
+    (a TTS network's memory grows with the longest input it has seen)."""
     sentences = split_sentences(text)
     if sentences and len(sentences[0]) > first_clause_chars:
         first = sentences[0]
         cuts = [c for c in clause_ends(first, final=False) if first[c:].strip()]
         if cuts:
             sentences[:1] = [first[:cuts[0]].strip(), first[cuts[0]:].strip()]
+    if max_chars:
+        sentences = [p for s in sentences for p in cap_length(s, max_chars)]
     return sentences
+
+
+def cap_length(piece: str, max_chars: int) -> list[str]:
+    """Cut ``piece`` into parts of at most ``max_chars``: at the last clause boundary that
+    fits, else at the last space that does not split "Dr. Smith"; a single word longer
+    than the cap stays whole."""
+    out = []
+    rest = piece.strip()
+    while len(rest) > max_chars:
+        cut = max((c for c in clause_ends(rest) if c <= max_chars), default=0)
+        if cut < max_chars // 3:  # no useful clause boundary: cut between words
+            cut = 0
+            for i in range(min(max_chars, len(rest) - 1), 0, -1):
+                if rest[i] == " " and not binds_to_next(rest[:i].rsplit(" ", 1)[-1]):
+                    cut = i
+                    break
+            if not cut:
+                cut = rest.find(" ", max_chars)
+                if cut < 0:
+                    break
+        out.append(rest[:cut].strip())
+        rest = rest[cut:].strip()
+    if rest:
+        out.append(rest)
+    return out
 
 
 def binds_to_next(word: str) -> bool:

@@ -35,10 +35,32 @@ def _param(cfg: dict, key: str, default: str) -> str:
     return cfg.get("parameters", {}).get(key, {}).get("string_value", default)
 
 
+def load_voice(onnx_path: Path, gpu: bool, threads: int):
+    """A piper voice with alignment output, its onnxruntime session on ``threads``
+    threads (piper's own loader takes onnxruntime's default: one thread per core, for
+    every worker)."""
+    import onnx
+    import onnxruntime
+    from piper import PiperVoice
+    from piper.config import PiperConfig
+    from piper.patch_voice_with_alignment import add_alignment_output
+    from piper.voice import ESPEAK_DATA_DIR
+
+    model = onnx.load(str(onnx_path))
+    add_alignment_output(model)
+    options = onnxruntime.SessionOptions()
+    options.intra_op_num_threads = threads
+    options.inter_op_num_threads = 1
+    providers = ["CUDAExecutionProvider"] if gpu else ["CPUExecutionProvider"]
+    session = onnxruntime.InferenceSession(model.SerializeToString(), sess_options=options,
+                                           providers=providers)
+    config = json.loads(Path(f"{onnx_path}.json").read_text(encoding="utf-8"))
+    return PiperVoice(config=PiperConfig.from_dict(config), session=session,
+                      espeak_data_dir=Path(ESPEAK_DATA_DIR), download_dir=onnx_path.parent)
+
+
 class TritonPythonModel:
     def initialize(self, args: dict) -> None:
-        from piper import PiperVoice
-
         cfg = json.loads(args["model_config"])
         store = Path(os.environ.get("AI_MODELS_DIR", "/opt/ai-models"))
         main = store / _param(cfg, "weights", "tts/piper-joe")
@@ -46,13 +68,14 @@ class TritonPythonModel:
             raise pb_utils.TritonModelException(
                 f"no piper voice in {main}; run `rtmedia models install-defaults`")
         gpu = args.get("model_instance_kind") == "GPU"
+        threads = int(_param(cfg, "intra_op_threads", "1"))
         self.voices: dict[str, object] = {}
         self.languages: dict[str, str] = {}  # language code -> voice name
         # Every piper voice in the store (tts/piper-*) is available by name.
         for folder in sorted({main, *store.glob("tts/piper-*")}):
             for onnx_path in folder.glob("*.onnx"):
                 name = folder.name.removeprefix("piper-")
-                voice = PiperVoice.load(onnx_path, use_cuda=gpu, include_alignments=True)
+                voice = load_voice(onnx_path, gpu, threads)
                 self.voices[name] = voice
                 lang = json.loads(Path(f"{onnx_path}.json").read_text(encoding="utf-8")).get(
                     "language", {}).get("code", "")
@@ -63,6 +86,7 @@ class TritonPythonModel:
         if self.default_voice not in self.voices:
             self.default_voice = next(iter(self.voices))
         self.max_chars = int(_param(cfg, "max_text_chars", "4000"))
+        self.max_piece_chars = int(_param(cfg, "max_piece_chars", "160"))
         self.espeak = shutil.which("espeak-ng")
         self.pool = ThreadPoolExecutor(int(_param(cfg, "workers", "2")),
                                        thread_name_prefix="tts")
@@ -92,7 +116,7 @@ class TritonPythonModel:
     def _run(self, sender, text: str, voice: str, language: str, speed: float) -> None:
         offset = 0.0
         try:
-            for piece in split_for_streaming(text):
+            for piece in split_for_streaming(text, max_chars=self.max_piece_chars):
                 if sender.is_cancelled():
                     break
                 if voice == "espeak":
