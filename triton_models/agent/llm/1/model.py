@@ -93,6 +93,11 @@ class TritonPythonModel:
         return messages, opts, budget
 
     def _generate(self, request, sender) -> None:
+        if sender.is_cancelled():
+            # Cancelled while queued (its client left): skip even the prompt evaluation,
+            # or abandoned requests of gone sessions starve the live ones.
+            sender.send(flags=FINAL)
+            return
         messages, opts, budget = self._parse(request)
         # llama.cpp raises a ValueError naming the sizes when the prompt overflows n_ctx.
         stream = self.llm.create_chat_completion(messages=messages, stream=True, **opts)
