@@ -51,16 +51,21 @@ def summary(xs: list[float]) -> dict:
             "p95_ms": round(pct(xs, 95) * 1000, 1) if xs else None, "n": len(xs)}
 
 
-async def agent_turn(url: str, question: np.ndarray, rate: int) -> float | None:
+async def voice_client(url: str, rate: int) -> RealtimeClient:
+    """A connected voice-agent session with short answers and server VAD."""
     client = await RealtimeClient(url, api_key()).connect()
+    await client.wait_for("session.created")
+    await client.update({"type": "realtime", "instructions": "Answer in one short sentence.",
+                         "audio": {"input": {
+                             "format": {"type": "audio/pcm", "rate": rate},
+                             "turn_detection": {"type": "server_vad",
+                                                "silence_duration_ms": 400}}}})
+    return client
+
+
+async def agent_turn(url: str, question: np.ndarray, rate: int) -> float | None:
+    client = await voice_client(url, rate)
     try:
-        await client.wait_for("session.created")
-        await client.update({"type": "realtime",
-                             "instructions": "Answer in one short sentence.",
-                             "audio": {"input": {
-                                 "format": {"type": "audio/pcm", "rate": rate},
-                                 "turn_detection": {"type": "server_vad",
-                                                    "silence_duration_ms": 400}}}})
         # 300 ms of lead-in silence, the question, then silence as a microphone would
         lead = np.zeros(int(0.3 * rate), np.float32)
         tail = np.zeros(int(2.0 * rate), np.float32)

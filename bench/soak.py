@@ -22,10 +22,10 @@ from pathlib import Path
 
 import numpy as np
 
-from bench.agent import QUESTIONS, last_voiced, pct
-from bench.stack import api_key, local_stack
+from bench.agent import QUESTIONS, last_voiced, pct, voice_client
+from bench.stack import local_stack
 from pipelines.speech import espeak_speech
-from streaming.client import RealtimeClient, pcm_from_delta
+from streaming.client import pcm_from_delta
 
 RATE = 24000
 
@@ -64,14 +64,8 @@ def process_tree(pids: dict[str, int]) -> dict[str, int]:
 
 async def session_loop(url: str, questions: list[np.ndarray], until: float,
                        turns: list[dict]) -> None:
-    client = await RealtimeClient(url, api_key()).connect()
+    client = await voice_client(url, RATE)
     try:
-        await client.wait_for("session.created")
-        await client.update({"type": "realtime",
-                             "instructions": "Answer in one short sentence.",
-                             "audio": {"input": {
-                                 "format": {"type": "audio/pcm", "rate": RATE},
-                                 "turn_detection": {"type": "server_vad"}}}})
         i = 0
         while time.monotonic() < until:
             q = questions[i % len(questions)]

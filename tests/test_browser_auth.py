@@ -7,13 +7,10 @@ import asyncio
 import contextlib
 from types import SimpleNamespace
 
-import numpy as np
 import pytest
 from aiohttp import web
 
 from bench.stack import free_port
-from pipelines.audio import write_wav
-from pipelines.speech import espeak_speech
 from pipelines.text import word_error_rate
 from streaming.server import SESSIONS, create_app
 from tests.browser import CHROMIUM, Browser
@@ -24,18 +21,10 @@ pytestmark = [
                                                 "(scripts/setup.sh installs it)"),
 ]
 
+from tests.test_browser import mic_file  # noqa: E402
+
 KEY = "sk-browser-" + "c0ffee1234" * 3
 CAPTION = "Captions appear in the page while the speaker is still talking."
-
-
-def mic_file(tmp_path, text: str, lead_s: float, tail_s: float):
-    rate = 48000
-    audio = np.concatenate([np.zeros(int(lead_s * rate), np.float32),
-                            espeak_speech(text, rate=rate),
-                            np.zeros(int(tail_s * rate), np.float32)])
-    path = tmp_path / "mic.wav"
-    write_wav(path, audio, rate)
-    return path
 
 
 @contextlib.asynccontextmanager
