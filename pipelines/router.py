@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from pipelines.triton_client import TritonClient
+from pipelines.triton_client import Keepalive, TritonClient
 
 
 @dataclass
@@ -25,12 +25,15 @@ class ModelRouter:
     models: dict[str, str] = field(default_factory=lambda: {
         "stt": "whisper", "tts": "piper", "agent": "llm", "avatar": "avatar"})
     _clients: dict[str, TritonClient] = field(default_factory=dict)
+    # the channels' HTTP/2 keepalive (Settings.triton_keepalive(): the one the local
+    # tritonserver is started to accept)
+    keepalive: Keepalive = field(default_factory=Keepalive)
 
     def route(self, use_case: str) -> Route:
         url = self.urls.get(use_case) or self.default_url
         client = self._clients.get(url)
         if client is None:
-            client = self._clients[url] = TritonClient(url)
+            client = self._clients[url] = TritonClient(url, self.keepalive)
         return Route(client, self.models[use_case])
 
     def open_streams(self) -> int:

@@ -6,7 +6,12 @@ caller cannot tell "no more responses" from "not yet". This client builds the
 requests itself (with ``triton_enable_empty_final_response``), multiplexes many
 requests over one bidirectional stream, routes each response to the request it
 answers, and turns server errors into exceptions. Cancelling a stream cancels
-every request on it inside Triton (the model sees ``is_cancelled()``).
+every request on it inside Triton (the model sees ``is_cancelled()``); closing a
+stream whose requests are all answered ends it gracefully instead.
+
+Keepalive: the channel pings Triton only while a call is open (``Keepalive``), and a
+stream that fails as unavailable before its first response is reopened once on a
+fresh connection, so a connection Triton closed while idle does not cost a turn.
 """
 
 from __future__ import annotations
@@ -28,6 +33,10 @@ from tritonclient.utils import (
 )
 
 MAX_MESSAGE_BYTES = 64 * 1024 * 1024
+# How long close() waits for Triton to end a finished stream before cancelling it.
+CLOSE_GRACE_S = 2.0
+# How long close() waits for final responses already on their way before it cancels.
+CANCEL_GRACE_S = 0.02
 _DONE = object()
 
 
@@ -40,6 +49,37 @@ class TritonModelError(RuntimeError):
 
 
 Tensor = np.ndarray | str | bytes | list[str]
+
+
+@dataclass(frozen=True)
+class Keepalive:
+    """HTTP/2 keepalive between this client and Triton: the one place for its numbers.
+
+    tritonserver's gRPC defaults accept no ping on a connection without calls and
+    answer the third early ping with GOAWAY ``too_many_pings``; when that ping rides
+    on the first request after a quiet spell, the request fails. So the client pings
+    only while a call is open (to notice a dead peer in ``time_ms + timeout_ms``), and
+    ``server_flags()`` are the tritonserver flags that accept these pings (``rtmedia``
+    starts its tritonserver with them; a Triton run elsewhere needs them too).
+    """
+
+    time_ms: int = 20_000  # ping an open call after this long without a ping
+    timeout_ms: int = 10_000  # no answer to a ping in this time: the connection is dead
+    without_calls: bool = False  # also ping an idle channel (keeps NAT/LB mappings alive)
+
+    def channel_options(self) -> list[tuple[str, int]]:
+        return [
+            ("grpc.keepalive_time_ms", self.time_ms),
+            ("grpc.keepalive_timeout_ms", self.timeout_ms),
+            ("grpc.keepalive_permit_without_calls", int(self.without_calls)),
+        ]
+
+    def server_flags(self) -> list[str]:
+        """tritonserver flags that accept these pings (twice as often, for timer jitter)."""
+        return [
+            "--grpc-keepalive-permit-without-calls=1",
+            f"--grpc-http2-min-recv-ping-interval-without-data={max(self.time_ms // 2, 1)}",
+        ]
 
 
 def _as_array(value: Tensor) -> np.ndarray:
@@ -113,41 +153,75 @@ class Response:
 
 
 class TritonStream:
-    """One bidirectional gRPC stream; many requests, responses routed by request id."""
+    """One bidirectional gRPC stream; many requests, responses routed by request id.
+
+    When the stream fails as unavailable before any response arrived (a connection
+    that Triton or the network closed while it was idle, a restarted Triton), it is
+    opened once more on a fresh connection from ``client`` and the requests written so
+    far are sent again. After the first response nothing is resent (that would repeat
+    output): errors then reach the caller.
+    """
 
     _ids = itertools.count(1)
 
     def __init__(self, stub: service_pb2_grpc.GRPCInferenceServiceStub, timeout: float | None,
-                 registry: set | None = None):
+                 registry: set | None = None, *, client: TritonClient | None = None):
         self._registry = registry
         if registry is not None:
             registry.add(self)
+        self._client = client
+        self._deadline = None if timeout is None else \
+            asyncio.get_running_loop().time() + timeout
         self._outbox: asyncio.Queue = asyncio.Queue()
         self._pending: dict[str, asyncio.Queue] = {}
-        self._call = stub.ModelStreamInfer(self._requests(), timeout=timeout)
-        self._reader = asyncio.create_task(self._read())
+        self._unanswered: set[str] = set()  # requests whose final response has not come
+        self._all_answered = asyncio.Event()
+        self._sent: list | None = []  # written before the first response; None after it
+        self._closing = False
         self._error: BaseException | None = None
+        self.stub = stub
+        self._call, self._writer = self._open(stub)
+        self._reader = asyncio.create_task(self._read())
 
-    async def _requests(self):
-        while (item := await self._outbox.get()) is not _DONE:
-            yield item
+    def _open(self, stub: service_pb2_grpc.GRPCInferenceServiceStub):
+        self.stub = stub
+        timeout = None
+        if self._deadline is not None:
+            timeout = max(self._deadline - asyncio.get_running_loop().time(), 0.001)
+        call = stub.ModelStreamInfer(timeout=timeout)
+        return call, asyncio.create_task(self._write(call, list(self._sent or ())))
+
+    async def _write(self, call, replay: list) -> None:
+        """Write the requests of the outbox (after ``replay``) until the stream closes."""
+        try:
+            for item in replay:
+                await call.write(item)
+            while not self._closing:
+                item = await self._outbox.get()
+                if item is _DONE:
+                    break
+                if self._sent is not None:
+                    self._sent.append(item)
+                await call.write(item)
+            await call.done_writing()
+        except Exception:  # the call failed: the reader reports its status
+            pass
 
     async def _read(self) -> None:
+        reopened = False
         try:
-            async for msg in self._call:
-                rid = msg.infer_response.id
-                queue = self._pending.get(rid)
-                if queue is None:
-                    continue
-                if msg.error_message:
-                    queue.put_nowait(TritonModelError(msg.error_message))
-                    continue
-                params = msg.infer_response.parameters
-                final = "triton_final_response" in params and \
-                    params["triton_final_response"].bool_param
-                queue.put_nowait(Response(decode_outputs(msg.infer_response), final))
-        except grpc.aio.AioRpcError as exc:
-            self._error = _translate(exc)
+            while True:
+                try:
+                    async for msg in self._call:
+                        self._sent = None
+                        self._route(msg)
+                    break
+                except grpc.aio.AioRpcError as exc:
+                    if reopened or not self._may_reopen(exc):
+                        self._error = _translate(exc)
+                        break
+                    reopened = True
+                    await self._reopen()
         except asyncio.CancelledError:
             self._error = asyncio.CancelledError()
             raise
@@ -156,13 +230,52 @@ class TritonStream:
             for queue in self._pending.values():
                 queue.put_nowait(err)
 
+    def _route(self, msg: service_pb2.ModelStreamInferResponse) -> None:
+        rid = msg.infer_response.id
+        params = msg.infer_response.parameters
+        final = "triton_final_response" in params and \
+            params["triton_final_response"].bool_param
+        if final:
+            self._unanswered.discard(rid)
+            if not self._unanswered:
+                self._all_answered.set()
+        queue = self._pending.get(rid)
+        if queue is None:
+            return
+        if msg.error_message:
+            queue.put_nowait(TritonModelError(msg.error_message))
+            return
+        queue.put_nowait(Response(decode_outputs(msg.infer_response), final))
+
+    def _may_reopen(self, exc: grpc.aio.AioRpcError) -> bool:
+        """Nothing answered yet and the connection failed (not Triton, not the caller)."""
+        if self._sent is None or self._client is None or self._closing:
+            return False
+        if self._deadline is not None and asyncio.get_running_loop().time() >= self._deadline:
+            return False
+        # INTERNAL "Internal error from Core": grpcio failed to write on a connection
+        # that was closing (the message never left).
+        return exc.code() == grpc.StatusCode.UNAVAILABLE or (
+            exc.code() == grpc.StatusCode.INTERNAL
+            and exc.details() == "Internal error from Core")
+
+    async def _reopen(self) -> None:
+        self._writer.cancel()
+        await asyncio.wait({self._writer})
+        stub = self._client.reconnect(self.stub)  # type: ignore[union-attr]
+        self._call, self._writer = self._open(stub)
+
     def send(self, model: str, inputs: Mapping[str, Tensor], **kwargs) -> asyncio.Queue:
         """Queue a request; return the queue its responses (or an exception) arrive on."""
         if self._reader.done():
             raise self._error or TritonUnavailable("stream closed")
+        if self._closing:
+            raise TritonUnavailable("stream closed")
         rid = f"r{next(self._ids)}"
         queue: asyncio.Queue = asyncio.Queue()
         self._pending[rid] = queue
+        self._unanswered.add(rid)
+        self._all_answered.clear()
         self._outbox.put_nowait(build_request(model, inputs, request_id=rid, **kwargs))
         queue.rid = rid  # type: ignore[attr-defined]
         return queue
@@ -187,14 +300,37 @@ class TritonStream:
             yield item
 
     async def close(self) -> None:
-        """Cancel the stream: Triton cancels every request still running on it."""
+        """Close the stream: Triton cancels every request still running on it.
+
+        A stream whose requests are all answered is ended, not cancelled: cancelling
+        a finished stream can leave its state behind in tritonserver 2.51 (a stream
+        handler that waits forever for a callback), which keeps the model it used
+        from unloading, so tritonserver cannot stop ("Exit timeout expired").
+        """
         if self._registry is not None:
             self._registry.discard(self)
-        self._call.cancel()
-        self._outbox.put_nowait(_DONE)
-        self._reader.cancel()
-        with contextlib.suppress(asyncio.CancelledError, Exception):
-            await self._reader
+        try:
+            if self._unanswered and not self._reader.done():
+                # A final response may be on its way: cancelling right when it is
+                # written is what leaves the stream's state behind in tritonserver.
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._all_answered.wait(), CANCEL_GRACE_S)
+            if not self._unanswered and not self._reader.done() and not self._closing:
+                self._closing = True
+                self._outbox.put_nowait(_DONE)
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(asyncio.shield(self._reader), CLOSE_GRACE_S)
+        finally:
+            self._closing = True
+            self._call.cancel()
+            self._outbox.put_nowait(_DONE)
+            self._writer.cancel()
+            self._reader.cancel()
+            for task in (self._writer, self._reader):
+                with contextlib.suppress(asyncio.CancelledError, Exception):
+                    await task
+            if self._client is not None:
+                self._client.stream_closed()
 
     async def __aenter__(self) -> TritonStream:
         return self
@@ -214,24 +350,52 @@ def _translate(exc: grpc.aio.AioRpcError) -> Exception:
 class TritonClient:
     """One gRPC channel to a Triton server (HTTP/2 multiplexes every stream on it)."""
 
-    def __init__(self, url: str):
+    def __init__(self, url: str, keepalive: Keepalive | None = None):
         self.url = url
-        self._channel = grpc.aio.insecure_channel(url, options=[
+        self.keepalive = keepalive or Keepalive()
+        self._channel = self._connect()
+        self._stub = service_pb2_grpc.GRPCInferenceServiceStub(self._channel)
+        # channels replaced by reconnect(), closed once no open stream uses them
+        self._retired: dict[service_pb2_grpc.GRPCInferenceServiceStub, grpc.aio.Channel] = {}
+        self._closing: set[asyncio.Task] = set()
+        self.open_streams: set[TritonStream] = set()  # leak checks and metrics
+
+    def channel_options(self) -> list[tuple[str, int]]:
+        return [
             ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
             ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
-            ("grpc.keepalive_time_ms", 10_000),
-            ("grpc.keepalive_permit_without_calls", 1),
+            *self.keepalive.channel_options(),
             # Reconnect within ~2 s of a Triton restart (gRPC's default backoff grows to
             # 120 s, so a restarted server could stay unused for minutes).
             ("grpc.initial_reconnect_backoff_ms", 250),
             ("grpc.min_reconnect_backoff_ms", 250),
             ("grpc.max_reconnect_backoff_ms", 2000),
-        ])
-        self._stub = service_pb2_grpc.GRPCInferenceServiceStub(self._channel)
-        self.open_streams: set[TritonStream] = set()  # leak checks and metrics
+        ]
+
+    def _connect(self) -> grpc.aio.Channel:
+        return grpc.aio.insecure_channel(self.url, options=self.channel_options())
 
     def stream(self, timeout: float | None = None) -> TritonStream:
-        return TritonStream(self._stub, timeout, self.open_streams)
+        return TritonStream(self._stub, timeout, self.open_streams, client=self)
+
+    def reconnect(self, failed: service_pb2_grpc.GRPCInferenceServiceStub
+                  ) -> service_pb2_grpc.GRPCInferenceServiceStub:
+        """A stub on a new channel, replacing ``failed`` (once: a stream that failed on
+        an already replaced channel gets the current one)."""
+        if failed is self._stub:
+            self._retired[self._stub] = self._channel
+            self._channel = self._connect()
+            self._stub = service_pb2_grpc.GRPCInferenceServiceStub(self._channel)
+        self.stream_closed()
+        return self._stub
+
+    def stream_closed(self) -> None:
+        """Close the replaced channels that no open stream uses any more."""
+        in_use = {s.stub for s in self.open_streams}
+        for stub in [s for s in self._retired if s not in in_use]:
+            task = asyncio.ensure_future(self._retired.pop(stub).close())
+            self._closing.add(task)
+            task.add_done_callback(self._closing.discard)
 
     async def _unary(self, method: str, request, timeout: float = 5.0):
         try:
@@ -266,4 +430,8 @@ class TritonClient:
         return [{"name": m.name, "state": m.state, "reason": m.reason} for m in resp.models]
 
     async def close(self) -> None:
-        await self._channel.close()
+        for channel in [self._channel, *self._retired.values()]:
+            await channel.close()
+        self._retired.clear()
+        if self._closing:
+            await asyncio.gather(*self._closing, return_exceptions=True)
