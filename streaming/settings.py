@@ -10,6 +10,10 @@ import json
 import os
 from dataclasses import dataclass, field, fields
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from pipelines.triton_client import Keepalive
 
 PREFIX = "RTMEDIA_"
 USE_CASES = ("avatar", "stt", "tts", "agent", "multimodal", "video")
@@ -17,6 +21,14 @@ USE_CASES = ("avatar", "stt", "tts", "agent", "multimodal", "video")
 
 def _env(name: str, default: str) -> str:
     return os.environ.get(PREFIX + name, default)
+
+
+def _int_or_none(value: str) -> int | None:
+    return int(value) if value.strip() else None
+
+
+def _bool_or_none(value: str) -> bool | None:
+    return value.strip().lower() in ("1", "true", "yes") if value.strip() else None
 
 
 @dataclass(frozen=True)
@@ -35,6 +47,11 @@ class Settings:
     hf_endpoint: str = "https://huggingface.co"
     hf_token: str | None = None
     triton_log_verbose: int = 0
+    # gRPC keepalive to Triton; None: the defaults of pipelines.triton_client.Keepalive.
+    # The local tritonserver is started with flags that accept these pings.
+    triton_keepalive_ms: int | None = None
+    triton_keepalive_timeout_ms: int | None = None
+    triton_keepalive_without_calls: bool | None = None
     # Media server
     host: str = "127.0.0.1"
     port: int = 8080
@@ -85,6 +102,10 @@ class Settings:
             hf_endpoint=_env("HF_ENDPOINT", env.get("HF_ENDPOINT", "https://huggingface.co")),
             hf_token=_env("HF_TOKEN", env.get("HF_TOKEN", "")) or None,
             triton_log_verbose=int(_env("TRITON_LOG_VERBOSE", "0")),
+            triton_keepalive_ms=_int_or_none(_env("TRITON_KEEPALIVE_MS", "")),
+            triton_keepalive_timeout_ms=_int_or_none(_env("TRITON_KEEPALIVE_TIMEOUT_MS", "")),
+            triton_keepalive_without_calls=_bool_or_none(
+                _env("TRITON_KEEPALIVE_WITHOUT_CALLS", "")),
             host=_env("HOST", "127.0.0.1"),
             port=int(_env("PORT", "8080")),
             triton_url=_env("TRITON_URL", ""),
@@ -111,6 +132,15 @@ class Settings:
             av_audio_lead_ms=float(_env("AV_AUDIO_LEAD_MS", "20")),
             ws_audio_lead_ms=float(_env("WS_AUDIO_LEAD_MS", "500")),
         )
+
+    def triton_keepalive(self) -> Keepalive:
+        """The client's keepalive (pipelines.triton_client.Keepalive) with these overrides."""
+        from pipelines.triton_client import Keepalive
+
+        changes = {"time_ms": self.triton_keepalive_ms,
+                   "timeout_ms": self.triton_keepalive_timeout_ms,
+                   "without_calls": self.triton_keepalive_without_calls}
+        return Keepalive(**{k: v for k, v in changes.items() if v is not None})
 
     def replace(self, **changes: object) -> Settings:
         values = {f.name: getattr(self, f.name) for f in fields(self)}

@@ -30,6 +30,9 @@ from streaming.settings import USE_CASES, Settings
 REPO_ROOT = Path(__file__).resolve().parent.parent
 MODELS_SRC = REPO_ROOT / "triton_models"
 PLACEMENT_FILE = MODELS_SRC / "placement.json"
+# How long tritonserver waits on SIGINT for in-flight work (--exit-timeout-secs); stop()
+# gives the models as long to finish their requests and unload before it.
+EXIT_TIMEOUT_S = 5
 
 
 class TritonError(RuntimeError):
@@ -219,10 +222,13 @@ class TritonServer:
             "--strict-readiness=false",
             f"--http-address={s.triton_host}", f"--http-port={s.triton_http_port}",
             f"--grpc-address={s.triton_host}", f"--grpc-port={s.triton_grpc_port}",
+            # Accept the pings of our gRPC clients (pipelines.triton_client.Keepalive):
+            # by default tritonserver answers them with GOAWAY too_many_pings.
+            *s.triton_keepalive().server_flags(),
             f"--metrics-address={s.triton_host}", f"--metrics-port={s.triton_metrics_port}",
             "--allow-gpu-metrics=false",
             # Bound shutdown: open STT sequences would otherwise hold it for 30 s.
-            "--exit-timeout-secs=5",
+            f"--exit-timeout-secs={EXIT_TIMEOUT_S}",
             f"--log-verbose={s.triton_log_verbose}",
         ]
         if s.placement == "cpu":
@@ -264,12 +270,22 @@ class TritonServer:
             time.sleep(0.2)
         raise TritonError(f"tritonserver not ready after {wait_s:.0f} s")
 
-    def stop(self, timeout_s: float = 20.0) -> None:
+    def stop(self, timeout_s: float = 20.0, *, drain_s: float = EXIT_TIMEOUT_S) -> None:
+        """Unload every model, then SIGINT: tritonserver exits at once with code 0.
+
+        Unloading lets each model finish the requests it is running (up to ``drain_s``)
+        and ends the sequences left open in the STT sequence batcher, which a plain
+        SIGINT waits for: an open sequence counts as an in-flight inference until it
+        ends or idles out (max_sequence_idle_microseconds, 120 s), far beyond
+        --exit-timeout-secs, so tritonserver gave up ("Exit timeout expired", code 1).
+        """
         if not self.proc or self.proc.poll() is not None:
             return
+        deadline = time.monotonic() + timeout_s
+        unload_all(self.http_url, min(drain_s, timeout_s))
         self.proc.send_signal(signal.SIGINT)
         try:
-            self.proc.wait(timeout_s)
+            self.proc.wait(max(deadline - time.monotonic(), 1.0))
         except subprocess.TimeoutExpired:
             os.killpg(self.proc.pid, signal.SIGKILL)
             self.proc.wait()
@@ -298,6 +314,30 @@ def repository_index(http_url: str) -> dict[str, tuple[str, str]] | None:
                     for m in json.loads(resp.read())}
     except (urllib.error.URLError, OSError, ValueError):
         return None
+
+
+def unload_all(http_url: str, wait_s: float) -> bool:
+    """Unload every loaded model; True when all are unloaded within ``wait_s``."""
+    deadline = time.monotonic() + wait_s
+    states = repository_index(http_url)
+    if states is None:
+        return False
+    for name, (state, _reason) in states.items():
+        if state in ("READY", "LOADING"):
+            req = urllib.request.Request(
+                f"{http_url}/v2/repository/models/{name}/unload", data=b"{}", method="POST")
+            try:
+                with urllib.request.urlopen(req, timeout=max(deadline - time.monotonic(), 0.1)):
+                    pass
+            except (urllib.error.URLError, OSError):
+                pass  # reported by the index below
+    while time.monotonic() < deadline:
+        states = repository_index(http_url)
+        if states is None or not any(
+                state in ("READY", "LOADING", "UNLOADING") for state, _ in states.values()):
+            return states is not None
+        time.sleep(0.1)
+    return False
 
 
 def model_ready(http_url: str, name: str) -> bool:
