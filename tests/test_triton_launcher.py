@@ -1,7 +1,10 @@
-"""Rendering the model repository for a placement, and the `rtmedia triton` command."""
+"""Rendering the model repository for a placement, the `rtmedia triton` command, and
+stopping tritonserver."""
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import os
 import signal
 import subprocess
@@ -9,17 +12,22 @@ import sys
 import time
 import urllib.request
 
+import numpy as np
 import pytest
 
+from pipelines.services import STTStream, chat, synthesize
+from pipelines.triton_client import TritonClient
 from streaming.cli import main as cli
 from streaming.model_store import ModelStore
+from streaming.settings import Settings
 from streaming.triton_server import (
     TritonError,
+    TritonServer,
     discover_models,
     loadable_models,
     render_repository,
 )
-from tests.conftest import free_port
+from tests.conftest import SESSION_MODELS, free_port
 
 
 def test_every_model_declares_its_weights():
@@ -88,3 +96,51 @@ def test_rtmedia_triton_serves_and_stops_on_sigterm(model_store, tmp_path):
     assert "stopping tritonserver" in rest
     with pytest.raises(OSError):  # the server is gone, not orphaned
         urllib.request.urlopen(f"http://127.0.0.1:{http}/v2/health/live", timeout=1)
+
+
+@pytest.mark.triton
+async def test_stop_after_requests_and_an_open_sequence_is_graceful(model_store, tmp_path):
+    """Issue 7, defect 7: every stop ended in "Exit timeout expired" (exit code 1).
+
+    An STT sequence that is never ended counts as an in-flight inference until it
+    idles out (120 s), and a stream cancelled as its last response was written leaves
+    its state behind in tritonserver, which keeps the model from unloading. Now the
+    models are unloaded before SIGINT (each finishes its requests, open sequences end)
+    and the client ends a finished stream instead of cancelling it.
+    """
+    settings = Settings.from_env().replace(
+        models_dir=model_store.root, state_dir=tmp_path, triton_http_port=free_port(),
+        triton_grpc_port=free_port(), triton_metrics_port=free_port(), placement="cpu")
+    log = tmp_path / "tritonserver.log"
+    server = TritonServer(settings, models=SESSION_MODELS, log_path=log)
+    await asyncio.to_thread(server.start, wait_s=240)
+    try:
+        assert server.loaded == SESSION_MODELS, server.failed
+        client = TritonClient(server.grpc_url)
+        try:
+            assert [c async for c in synthesize(client, "Hello there.")]
+            assert [t async for t in chat(client, [{"role": "user", "content": "Hi"}],
+                                          max_tokens=8)]
+            async with client.stream() as stream:
+                inputs = {"AUDIO": np.zeros(8000, np.int16),
+                          "SAMPLE_RATE": np.array([16000], np.int32)}
+                assert [r async for r in stream.infer("avatar", inputs)]
+            for _ in range(5):  # streams closed early: the reply is cancelled in Triton
+                for gen in (synthesize(client, "Hi."),
+                            chat(client, [{"role": "user", "content": "Hi"}], max_tokens=3)):
+                    async with contextlib.aclosing(gen):
+                        async for _item in gen:
+                            break
+            stt = STTStream(client)
+            await stt.push(np.zeros(16000, np.float32))  # a sequence started, never ended
+            await stt.close()
+        finally:
+            await client.close()
+    finally:
+        started = time.monotonic()
+        await asyncio.to_thread(server.stop)
+        elapsed = time.monotonic() - started
+    tail = "\n".join(log.read_text().splitlines()[-15:])
+    assert "Exit timeout expired" not in tail, tail
+    assert server.proc.returncode == 0, tail
+    assert elapsed < 10, tail
