@@ -76,15 +76,21 @@ async def session_loop(url: str, questions: list[np.ndarray], until: float,
             sender = asyncio.create_task(client.stream_audio(
                 np.concatenate([lead, q, np.zeros(RATE * 30, np.float32)]), RATE, pace=1.0))
             first, audio_s, status = None, 0.0, "timeout"
-            async for ev in client.iter_events(timeout=60):
-                if ev.type == "response.output_audio.delta":
-                    first = first or ev.t
-                    audio_s += pcm_from_delta(ev.data).size / RATE
-                elif ev.type == "response.done":
-                    status = ev.data["response"]["status"]
-                    break
-                elif ev.type == "connection.closed":
-                    return
+            seen: list[str] = []
+            try:
+                async for ev in client.iter_events(timeout=60):
+                    seen.append(ev.type)
+                    if ev.type == "response.output_audio.delta":
+                        first = first or ev.t
+                        audio_s += pcm_from_delta(ev.data).size / RATE
+                    elif ev.type == "response.done":
+                        status = ev.data["response"]["status"]
+                        break
+                    elif ev.type == "connection.closed":
+                        return
+            except TimeoutError:
+                print(f"turn {i}: no response.done within 60 s; events: "
+                      f"{[t for t in seen if not t.endswith('.delta')][-12:]}", file=sys.stderr)
             # the last deltas are up to 0.5 s ahead of playback: let them play
             await asyncio.sleep(0.6)
             sender.cancel()

@@ -30,7 +30,7 @@ def _param(cfg: dict, key: str, default: str) -> str:
 
 class TritonPythonModel:
     def initialize(self, args: dict) -> None:
-        from llama_cpp import Llama
+        from llama_cpp import Llama, LlamaRAMCache
 
         cfg = json.loads(args["model_config"])
         store = Path(os.environ.get("AI_MODELS_DIR", "/opt/ai-models"))
@@ -48,6 +48,14 @@ class TritonPythonModel:
             main_gpu=int(args.get("model_instance_device_id", 0)),
             verbose=False,
         )
+        # Several sessions take turns on this instance, so llama.cpp's KV cache holds
+        # another conversation at each request and every turn would re-read its whole
+        # history (time to first token grew 150 ms -> 2.6 s over 12 turns of 3 sessions).
+        # The RAM cache keeps the state of recent conversations by token prefix: a turn
+        # evaluates only its new tokens (~300 ms at turn 12).
+        cache_mb = int(_param(cfg, "prompt_cache_mb", "256"))
+        if cache_mb > 0:
+            self.llm.set_cache(LlamaRAMCache(capacity_bytes=cache_mb << 20))
         self.max_tokens_limit = int(_param(cfg, "max_tokens_limit", "1024"))
         self.max_messages_bytes = int(_param(cfg, "max_messages_bytes", "65536"))
         self.sentence_margin = int(_param(cfg, "sentence_margin_tokens", "24"))
