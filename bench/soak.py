@@ -18,12 +18,13 @@ import json
 import statistics
 import sys
 import time
+import urllib.request
 from pathlib import Path
 
 import numpy as np
 
 from bench.agent import QUESTIONS, last_voiced, pct, voice_client
-from bench.stack import local_stack
+from bench.stack import api_key, local_stack
 from pipelines.speech import espeak_speech
 from streaming.client import pcm_from_delta
 
@@ -100,6 +101,34 @@ async def session_loop(url: str, questions: list[np.ndarray], until: float,
         await client.close()
 
 
+def stage_totals(http: str) -> dict[str, tuple[float, float]]:
+    """stage -> (sum, count) of the server's per-turn latency histogram."""
+    req = urllib.request.Request(http + "/metrics")
+    if api_key():
+        req.add_header("Authorization", f"Bearer {api_key()}")
+    with urllib.request.urlopen(req, timeout=5) as resp:
+        text = resp.read().decode()
+    out: dict[str, list[float]] = {}
+    for line in text.splitlines():
+        for part, idx in (("_sum{", 0), ("_count{", 1)):
+            if line.startswith("rtmedia_turn_latency_seconds" + part):
+                stage = line.split('stage="')[1].split('"')[0]
+                out.setdefault(stage, [0.0, 0.0])[idx] = float(line.rsplit(" ", 1)[1])
+    return {k: (v[0], v[1]) for k, v in out.items()}
+
+
+async def sample_stages(http: str, start: float, minutes: int, rows: list[dict]) -> None:
+    """Mean server-side latency per stage in each minute (from /metrics)."""
+    prev = await asyncio.to_thread(stage_totals, http)
+    for m in range(minutes):
+        await asyncio.sleep(max(0.0, start + 60 * (m + 1) - time.monotonic()))
+        now = await asyncio.to_thread(stage_totals, http)
+        rows.append({stage: round((now[stage][0] - prev.get(stage, (0, 0))[0]) * 1000 /
+                                  max(1.0, now[stage][1] - prev.get(stage, (0, 0))[1]))
+                     for stage in now})
+        prev = now
+
+
 async def sample_memory(pids: dict[str, int], until: float, samples: list[dict]) -> None:
     while time.monotonic() < until:
         tree = process_tree(pids)
@@ -109,6 +138,7 @@ async def sample_memory(pids: dict[str, int], until: float, samples: list[dict])
 
 
 async def run(url: str, args, pids: dict[str, int]) -> dict:
+    http = url.replace("ws://", "http://").replace("wss://", "https://").split("/v1/")[0]
     questions = [espeak_speech(q, rate=RATE) for q in QUESTIONS]
     start = time.monotonic()
     until = start + args.minutes * 60
@@ -118,6 +148,8 @@ async def run(url: str, args, pids: dict[str, int]) -> dict:
              for _ in range(args.sessions)]
     if pids:
         tasks.append(asyncio.create_task(sample_memory(pids, until, memory)))
+    stages: list[dict] = []
+    tasks.append(asyncio.create_task(sample_stages(http, start, args.minutes, stages)))
     await asyncio.gather(*tasks)
     minutes = []
     for m in range(args.minutes):
@@ -129,7 +161,8 @@ async def run(url: str, args, pids: dict[str, int]) -> dict:
             "median_ms": round(statistics.median(lat) * 1000) if lat else None,
             "p95_ms": round(pct(lat, 95) * 1000) if lat else None,
             "reply_audio_s": round(statistics.mean(t["audio_s"] for t in rows), 1)
-            if rows else None})
+            if rows else None,
+            "server_mean_ms": stages[m] if m < len(stages) else {}})
     result: dict = {"sessions": args.sessions, "minutes": minutes}
     if memory:
         first = next((s for s in memory if s["t"] >= start + 60), memory[0])
@@ -163,10 +196,11 @@ def main(argv: list[str] | None = None) -> int:
         print(json.dumps(result, indent=2))
         return 0
     print(f"{args.sessions} sessions, {args.minutes} min")
-    print("minute  turns  failed  median_ms  p95_ms  reply_audio_s")
+    print("minute  turns  failed  median_ms  p95_ms  reply_audio_s  server mean per stage (ms)")
     for m in result["minutes"]:
+        stages = ", ".join(f"{k} {v}" for k, v in sorted(m["server_mean_ms"].items()))
         print(f"{m['minute']:>6}  {m['turns']:>5}  {m['failed']:>6}  {m['median_ms']!s:>9}  "
-              f"{m['p95_ms']!s:>6}  {m['reply_audio_s']!s:>13}")
+              f"{m['p95_ms']!s:>6}  {m['reply_audio_s']!s:>13}  {stages}")
     if "last_over_first_minute" in result:
         print(f"last minute / first minute median: {result['last_over_first_minute']}")
     for name, v in result.get("rss_mb", {}).items():
