@@ -28,29 +28,51 @@ def _param(cfg: dict, key: str, default: str) -> str:
     return cfg.get("parameters", {}).get(key, {}).get("string_value", default)
 
 
-def compact_ram_cache(capacity_bytes: int):
-    """llama-cpp-python's RAM prompt cache, minus the logits of every prompt token.
+def lean_llama_class():
+    """Llama whose saved states leave out the logits of every prompt token.
 
-    Each saved state carries a (tokens x vocabulary) float32 score matrix (196 KB a
-    token for a 49k vocabulary: 140 MB for a 700-token conversation) that the cache
-    does not count against its capacity, so 256 MB of "capacity" grew the process to
-    2.8 GB in a 5-minute soak. Only the last row is ever read (the next token's
-    logits); loading broadcasts a single stored row over the rows it fills.
+    llama-cpp-python's prompt cache saves, per request, a copy of its (tokens x
+    vocabulary) float32 score matrix (196 KB a token for SmolLM2's 49k vocabulary:
+    200 MB for a 1,000-token conversation, uncounted by the cache's capacity: the
+    stub grew to 2.8 GB in a 5-minute soak), and loading one scans the whole matrix.
+    Without logits_all the matrix is never filled or read (sampling happens inside
+    llama.cpp), so a state keeps none of it.
     """
-    from llama_cpp import LlamaRAMCache
+    import ctypes
 
-    class CompactRAMCache(LlamaRAMCache):
-        def __setitem__(self, key, value) -> None:
-            if value.scores is not None and len(value.scores) > 1:
-                value.scores = value.scores[-1:].copy()
-            super().__setitem__(key, value)
+    import llama_cpp
+    from llama_cpp import Llama, LlamaState
 
-    return CompactRAMCache(capacity_bytes=capacity_bytes)
+    class LeanLlama(Llama):
+        def save_state(self) -> LlamaState:
+            size = llama_cpp.llama_state_get_size(self._ctx.ctx)
+            buffer = (ctypes.c_uint8 * int(size))()
+            n_bytes = int(llama_cpp.llama_state_get_data(self._ctx.ctx, buffer, size))
+            if n_bytes > int(size):
+                raise RuntimeError("llama.cpp wrote more state than it announced")
+            return LlamaState(input_ids=self.input_ids.copy(),
+                              scores=self.scores[:0].copy(),
+                              n_tokens=self.n_tokens, llama_state=bytes(buffer[:n_bytes]),
+                              llama_state_size=n_bytes, seed=self._seed)
+
+        def load_state(self, state: LlamaState) -> None:
+            self.input_ids = state.input_ids.copy()
+            self.n_tokens = state.n_tokens
+            self._requires_eval = True
+            self._seed = state.seed
+            data = (ctypes.c_uint8 * state.llama_state_size).from_buffer_copy(
+                state.llama_state)
+            if llama_cpp.llama_state_set_data(self._ctx.ctx, data,
+                                              state.llama_state_size) \
+                    != state.llama_state_size:
+                raise RuntimeError("llama.cpp refused the saved state")
+
+    return LeanLlama
 
 
 class TritonPythonModel:
     def initialize(self, args: dict) -> None:
-        from llama_cpp import Llama
+        from llama_cpp import LlamaRAMCache
 
         cfg = json.loads(args["model_config"])
         store = Path(os.environ.get("AI_MODELS_DIR", "/opt/ai-models"))
@@ -60,7 +82,7 @@ class TritonPythonModel:
             raise pb_utils.TritonModelException(
                 f"no .gguf in {folder}; run `rtmedia models install-defaults`")
         gpu = args.get("model_instance_kind") == "GPU"
-        self.llm = Llama(
+        self.llm = lean_llama_class()(
             model_path=str(ggufs[0]),
             n_ctx=int(_param(cfg, "n_ctx", "2048")),
             n_threads=int(_param(cfg, "n_threads", "2")),
@@ -75,7 +97,7 @@ class TritonPythonModel:
         # evaluates only its new tokens (~300 ms at turn 12).
         cache_mb = int(_param(cfg, "prompt_cache_mb", "256"))
         if cache_mb > 0:
-            self.llm.set_cache(compact_ram_cache(cache_mb << 20))
+            self.llm.set_cache(LlamaRAMCache(capacity_bytes=cache_mb << 20))
         self.max_tokens_limit = int(_param(cfg, "max_tokens_limit", "1024"))
         self.max_messages_bytes = int(_param(cfg, "max_messages_bytes", "65536"))
         self.sentence_margin = int(_param(cfg, "sentence_margin_tokens", "24"))
