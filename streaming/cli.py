@@ -183,6 +183,7 @@ def cmd_avatar_prepare(args: argparse.Namespace) -> int:
 def cmd_up(args: argparse.Namespace) -> int:
     """Local Triton (unless --triton-url) + the media server, until Ctrl-C/SIGTERM."""
     import logging
+    import threading
 
     from streaming.triton_server import TritonServer
 
@@ -205,11 +206,17 @@ def cmd_up(args: argparse.Namespace) -> int:
         for name, reason in server.failed.items():
             print(f"  FAILED to load {name}: {reason.splitlines()[0] if reason else '?'}")
         print(f"Triton ready: gRPC {server.grpc_url}")
+    stopping = threading.Event()
+    if server:  # a tritonserver that dies is restarted; sessions carry on
+        threading.Thread(target=server.supervise, args=(stopping,),
+                         kwargs={"wait_s": args.wait, "log": lambda m: print(m, flush=True)},
+                         daemon=True, name="triton-supervisor").start()
     try:
         _run_loop(_serve(settings))
     except KeyboardInterrupt:
         pass
     finally:
+        stopping.set()
         if server:
             print("stopping tritonserver")
             server.stop()

@@ -18,6 +18,7 @@ import signal
 import subprocess
 import sys
 import sysconfig
+import threading
 import time
 import urllib.error
 import urllib.request
@@ -192,6 +193,7 @@ class TritonServer:
     loaded: list[str] = field(default_factory=list)
     skipped: list[str] = field(default_factory=list)
     failed: dict[str, str] = field(default_factory=dict)  # model -> why it did not load
+    stopped: bool = False  # stop() was called: a supervisor must not restart it
 
     @property
     def http_url(self) -> str:
@@ -236,6 +238,10 @@ class TritonServer:
         return cmd
 
     def start(self, *, wait_s: float = 180.0) -> TritonServer:
+        self.stopped = False
+        return self._start(wait_s)
+
+    def _start(self, wait_s: float) -> TritonServer:
         cmd = self.command()
         out = open(self.log_path, "ab") if self.log_path else None
         self.proc = subprocess.Popen(
@@ -244,10 +250,13 @@ class TritonServer:
         )
         if out:
             out.close()
+        if self.stopped:  # stop() ran while a restart was starting it
+            self.reap()
+            raise TritonError("tritonserver stopped")
         try:
             self.wait_ready(wait_s)
         except BaseException:
-            self.stop()
+            self.reap()  # not stop(): a supervisor may try again
             raise
         return self
 
@@ -279,7 +288,10 @@ class TritonServer:
         ends or idles out (max_sequence_idle_microseconds, 120 s), far beyond
         --exit-timeout-secs, so tritonserver gave up ("Exit timeout expired", code 1).
         """
+        self.stopped = True
         if not self.proc or self.proc.poll() is not None:
+            if self.proc is not None:
+                self.reap()  # it died: its stubs and shared memory may not have
             return
         deadline = time.monotonic() + timeout_s
         unload_all(self.http_url, min(drain_s, timeout_s))
@@ -287,8 +299,74 @@ class TritonServer:
         try:
             self.proc.wait(max(deadline - time.monotonic(), 1.0))
         except subprocess.TimeoutExpired:
-            os.killpg(self.proc.pid, signal.SIGKILL)
-            self.proc.wait()
+            pass
+        self.reap()  # whatever did not exit with it
+
+    # -- supervision ---------------------------------------------------------------------
+    def group_pids(self) -> list[int]:
+        """tritonserver and its python-backend stubs: the process group it leads."""
+        if self.proc is None:
+            return []
+        pids = []
+        for entry in Path("/proc").iterdir():
+            if not entry.name.isdigit():
+                continue
+            try:
+                fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+            except OSError:
+                continue
+            if int(fields[2]) == self.proc.pid and fields[0] != "Z":  # pgrp
+                pids.append(int(entry.name))
+        return pids
+
+    def reap(self) -> None:
+        """Kill what is left of the process group (a stub outlives a killed server and
+        holds ~300 MB; one ignores SIGTERM) and remove the shared-memory regions its
+        stubs used (tritonserver removes them only when it exits normally)."""
+        regions = set()
+        for pid in self.group_pids():
+            try:
+                args = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+            except OSError:
+                continue
+            regions.update(a.decode() for a in args
+                           if a.startswith(b"triton_python_backend_shm_region_"))
+        if self.proc is not None:
+            try:
+                os.killpg(self.proc.pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+            if self.proc.poll() is None:
+                self.proc.wait()
+        for name in regions:
+            shm = Path("/dev/shm") / name
+            if shm.exists():
+                shm.unlink(missing_ok=True)
+
+    def supervise(self, stopping: threading.Event, *, wait_s: float = 180.0,
+                  log=print) -> None:
+        """Restart tritonserver whenever it dies (back-off 1 s doubling to 30 s) until
+        ``stopping`` is set. Clients reconnect by themselves (gRPC back-off <= 2 s)."""
+        backoff = 1.0
+        while not stopping.wait(0.5):
+            if self.stopped:
+                return
+            if self.proc is None or self.proc.poll() is None:
+                continue
+            log(f"tritonserver exited with code {self.proc.returncode}; restarting in "
+                f"{backoff:.0f} s")
+            self.reap()
+            if stopping.wait(backoff):
+                return
+            started = time.monotonic()
+            try:
+                self._start(wait_s)
+            except Exception as exc:  # keep trying: the media server stays up meanwhile
+                log(f"tritonserver restart failed: {exc}")
+                backoff = min(30.0, backoff * 2)
+                continue
+            log(f"tritonserver restarted in {time.monotonic() - started:.1f} s")
+            backoff = 1.0
 
     def __enter__(self) -> TritonServer:
         return self.start()
