@@ -153,7 +153,7 @@ class TritonPythonModel:
         messages, opts, budget = self._parse(request)
         # llama.cpp raises a ValueError naming the sizes when the prompt overflows n_ctx.
         stream = self.llm.create_chat_completion(messages=messages, stream=True, **opts)
-        reason, produced = "stop", 0
+        reason, produced, ran_out = "stop", 0, False
         try:
             for chunk in stream:
                 if sender.is_cancelled():
@@ -170,8 +170,12 @@ class TritonPythonModel:
                     reason = choice["finish_reason"]
                 if budget and budget.done:
                     break
+            else:
+                ran_out = True  # llama-cpp-python saved the state itself
         finally:
             stream.close()  # stops llama.cpp from sampling further tokens
+            if not ran_out:
+                self._remember()
         if reason == "cancelled":
             sender.send(flags=FINAL)
             return
@@ -181,6 +185,17 @@ class TritonPythonModel:
                 sender.send(_response(tail, ""))
             reason = budget.reason
         sender.send(_response("", reason, {"completion_tokens": produced}), flags=FINAL)
+
+
+    def _remember(self) -> None:
+        """Save the conversation's state in the prompt cache after a stop of our own
+        (sentence budget, cancel): llama-cpp-python saves only when its generator runs
+        to the end, so a session whose replies are cut re-read its whole history at
+        every turn (TTFT +600 ms a turn, while sessions with short replies stayed flat)."""
+        cache = getattr(self.llm, "cache", None)
+        n = self.llm.n_tokens
+        if cache is not None and n:
+            cache[self.llm.input_ids[:n].tolist()] = self.llm.save_state()
 
 
 def _response(text: str, reason: str, usage: dict | None = None):
