@@ -66,7 +66,12 @@ class Conversation:
     def add(self, item_id: str, role: str, text: str, spans: list[Span] | None = None) -> Item:
         item = Item(item_id, role, text, list(spans or []))
         self.items.append(item)
-        del self.items[:-self.max_items]
+        if len(self.items) > self.max_items:
+            # Drop the older half at once, not one item per turn: the LLM's prompt cache
+            # reuses a conversation's state by prefix, and a window sliding every turn
+            # changes the prefix every turn (a full re-read each time: the soak's time to
+            # first token grew 5x once histories reached the limit).
+            del self.items[:len(self.items) - max(1, self.max_items // 2)]
         return item
 
     def get(self, item_id: str) -> Item:

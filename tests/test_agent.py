@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import logging
 
 import numpy as np
@@ -258,12 +259,17 @@ def test_heard_text_is_proportional_inside_a_piece():
     assert heard_text(spans, 5.0) == "Sure. The answer is forty two."
 
 
-def test_conversation_keeps_the_last_items():
-    conv = Conversation(max_items=3)
-    for i in range(5):
+def test_conversation_keeps_the_last_items_and_a_stable_prefix():
+    conv = Conversation(max_items=4)
+    prefixes = []
+    for i in range(9):
         conv.add(f"item{i}", "user", f"message {i}")
+        prefixes.append(conv.items[0].id)
+        assert len(conv.items) <= 4
     assert [m["content"] for m in conv.messages("be brief")] == [
-        "be brief", "message 2", "message 3", "message 4"]
+        "be brief", "message 6", "message 7", "message 8"]
+    # the first item (the prompt's prefix) changes only when half is dropped
+    assert sum(a != b for a, b in itertools.pairwise(prefixes)) == 2
 
 
 def test_ids_are_unique_and_time_ordered():
