@@ -72,9 +72,37 @@ def lean_llama_class():
     return LeanLlama
 
 
+def conversation_cache(capacity_bytes: int):
+    """A RAM prompt cache that keeps about one state per conversation.
+
+    Each turn saves a new state for its conversation; the state it was served from is
+    then superseded (the new one covers the same prefix and more), so it is dropped at
+    once instead of filling the capacity: memory follows the live sessions.
+    """
+    from llama_cpp import Llama, LlamaRAMCache
+
+    class ConversationCache(LlamaRAMCache):
+        _served_from = None
+
+        def __getitem__(self, key):
+            self._served_from = self._find_longest_prefix_key(tuple(key))
+            return super().__getitem__(key)
+
+        def __setitem__(self, key, value) -> None:
+            key, old = tuple(key), self._served_from
+            self._served_from = None
+            # the same conversation: most of the old state is a prefix of the new one
+            # (another session's state shares only the instructions)
+            if old is not None and old != key and old in self.cache_state and \
+                    Llama.longest_token_prefix(old, key) * 4 > len(old) * 3:
+                del self.cache_state[old]
+            super().__setitem__(key, value)
+
+    return ConversationCache(capacity_bytes=capacity_bytes)
+
+
 class TritonPythonModel:
     def initialize(self, args: dict) -> None:
-        from llama_cpp import LlamaRAMCache
 
         cfg = json.loads(args["model_config"])
         store = Path(os.environ.get("AI_MODELS_DIR", "/opt/ai-models"))
@@ -99,7 +127,7 @@ class TritonPythonModel:
         # evaluates only its new tokens (~300 ms at turn 12).
         cache_mb = int(_param(cfg, "prompt_cache_mb", "256"))
         if cache_mb > 0:
-            self.llm.set_cache(LlamaRAMCache(capacity_bytes=cache_mb << 20))
+            self.llm.set_cache(conversation_cache(cache_mb << 20))
         self.max_tokens_limit = int(_param(cfg, "max_tokens_limit", "1024"))
         self.max_messages_bytes = int(_param(cfg, "max_messages_bytes", "65536"))
         self.sentence_margin = int(_param(cfg, "sentence_margin_tokens", "24"))
