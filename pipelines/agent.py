@@ -29,10 +29,10 @@ import numpy as np
 
 from pipelines import frames as F
 from pipelines.clock import SYSTEM_CLOCK, Clock
-from pipelines.conversation import Conversation, UnknownItem, heard_text
+from pipelines.conversation import Conversation, UnknownItem
 from pipelines.ids import new_id
 from pipelines.playout import AudioSink, PacedDeltaSink, Playout
-from pipelines.responder import AudioOut, FinishOut, ReplyOptions, Responder, TextOut
+from pipelines.responder import AudioOut, ReplyOptions, Responder, TextOut
 from pipelines.services import Services
 from pipelines.transcriber import Utterance
 from pipelines.triton_client import TritonModelError, TritonUnavailable
@@ -325,8 +325,7 @@ class VoiceAgent:
         heard = self.playout.interrupt()
         cancelled = await self.cancel_response(reason)
         if heard is not None and not cancelled:  # generation was over: audio was playing
-            self._truncated(heard.item_id, heard.response_id, heard.audio_end_s,
-                            heard_text(heard.spans, heard.audio_end_s))
+            self._truncated(heard.item_id, heard.response_id, heard.audio_end_s)
         return heard is not None or cancelled
 
     def truncate(self, item_id: str, audio_end_ms: int) -> str:
@@ -341,9 +340,12 @@ class VoiceAgent:
             self.playout.interrupt()
         return self.conversation.truncate(item_id, audio_end_ms / 1000).text
 
-    def _truncated(self, item_id: str, response_id: str, audio_end_s: float, text: str) -> None:
-        with contextlib.suppress(UnknownItem, ValueError):
+    def _truncated(self, item_id: str, response_id: str, audio_end_s: float) -> None:
+        """The history keeps what was heard of the reply; the client is told."""
+        try:
             text = self.conversation.truncate(item_id, audio_end_s).text
+        except (UnknownItem, ValueError):  # already gone from the history
+            text = ""
         self._emit(F.OutputInterrupted(response_id, item_id, round(audio_end_s * 1000), text))
 
     def _options(self) -> ReplyOptions:
@@ -397,8 +399,6 @@ class VoiceAgent:
                         break
                 elif isinstance(item, BaseException):
                     raise item
-                elif isinstance(item, FinishOut):
-                    pass
                 else:
                     if isinstance(item, TextOut):
                         text.append(item.delta)
@@ -426,16 +426,15 @@ class VoiceAgent:
                 if status == "failed":
                     self._emit(F.ErrorFrame("response_failed", reason or "response failed"))
                 full = "".join(text).strip()
-                truncate = self._finish_item(rid, item_id, full, status)
+                heard_s = self._finish_item(rid, item_id, full, status)
                 audio_s = self.playout.audio_s if self.playout.response_id == rid else 0.0
                 self._emit(F.ResponseDone(rid, item_id, status, full, reason, audio_s))
-                if truncate is not None:
-                    truncate()
+                if heard_s is not None:  # after response.done, as OpenAI orders them
+                    self._truncated(item_id, rid, heard_s)
 
-    def _finish_item(self, rid: str, item_id: str, text: str, status: str
-                     ) -> Callable[[], None] | None:
+    def _finish_item(self, rid: str, item_id: str, text: str, status: str) -> float | None:
         """The assistant item goes into the history; for a spoken reply that did not
-        complete, returns the truncation to what was heard (emitted after response.done)."""
+        complete, returns how much of it was heard (seconds) to truncate it to."""
         spans = list(self.playout.spans) if self.playout.response_id == rid else []
         if not spans:
             # text only, or stopped before any audio: in a spoken reply nothing was heard
@@ -446,8 +445,7 @@ class VoiceAgent:
         if status == "completed":
             return None
         heard = self.playout.heard()
-        end_s = heard.audio_end_s if heard is not None else 0.0
-        return lambda: self._truncated(item_id, rid, end_s, heard_text(spans, end_s))
+        return heard.audio_end_s if heard is not None else 0.0
 
     async def _pump(self, messages: list[dict], options: ReplyOptions,
                     inbox: asyncio.Queue) -> None:

@@ -62,7 +62,6 @@ class Heard:
     response_id: str
     item_id: str
     audio_end_s: float
-    spans: list[Span]
 
 
 class Playout:
@@ -104,7 +103,7 @@ class Playout:
         if self.response_id is None or self.item_id is None:
             return None
         played = min(self.audio_s, self.sink.played_s(self.response_id))
-        return Heard(self.response_id, self.item_id, played, list(self.spans))
+        return Heard(self.response_id, self.item_id, played)
 
     def interrupt(self) -> Heard | None:
         """Stop playback now; what was heard of the reply that was playing (None when

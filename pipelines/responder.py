@@ -44,11 +44,6 @@ class AudioOut:
     text: str  # the clause this audio speaks (its first piece carries it; later pieces "")
 
 
-@dataclass
-class FinishOut:
-    reason: str  # the LLM's finish reason: stop | length | ...
-
-
 _DONE = object()
 
 
@@ -57,7 +52,7 @@ class Responder:
         self.llm, self.tts = llm, tts
 
     async def run(self, messages: list[dict], options: ReplyOptions
-                  ) -> AsyncIterator[TextOut | AudioOut | FinishOut]:
+                  ) -> AsyncIterator[TextOut | AudioOut]:
         out: asyncio.Queue = asyncio.Queue()
         clauses: asyncio.Queue[str | None] = asyncio.Queue()
         tasks = [asyncio.create_task(self._generate(messages, options, out, clauses))]
@@ -83,13 +78,11 @@ class Responder:
     async def _generate(self, messages: list[dict], options: ReplyOptions, out: asyncio.Queue,
                         clauses: asyncio.Queue) -> None:
         splitter = ClauseSplitter()
-        finish = ""
         try:
             gen = self.llm.chat(messages, max_tokens=options.max_tokens,
                                 temperature=options.temperature, seed=options.seed)
             async with contextlib.aclosing(gen):
                 async for tok in gen:
-                    finish = tok.finish_reason or finish
                     if not tok.text:
                         continue
                     out.put_nowait(TextOut(tok.text))
@@ -97,7 +90,6 @@ class Responder:
                         clauses.put_nowait(clause)
             for clause in splitter.flush():
                 clauses.put_nowait(clause)
-            out.put_nowait(FinishOut(finish or "stop"))
         except asyncio.CancelledError:
             raise
         except BaseException as exc:

@@ -7,7 +7,6 @@ import asyncio
 import os
 import signal
 import subprocess
-import sys
 import time
 import urllib.request
 from pathlib import Path
@@ -16,6 +15,7 @@ import pytest
 
 from streaming.client import RealtimeClient
 from tests.conftest import free_port
+from tests.test_up import up_command
 
 pytestmark = pytest.mark.triton
 
@@ -68,10 +68,7 @@ async def _turn(url: str) -> str:
 
 def test_killed_triton_is_restarted_and_nothing_is_left_behind(model_store, tmp_path):
     port, http_port = free_port(), free_port()
-    env = dict(os.environ, AI_MODELS_DIR=str(model_store.root), RTMEDIA_STATE_DIR=str(tmp_path))
-    cmd = [sys.executable, "-m", "streaming.cli", "up", "--port", str(port),
-           "--http-port", str(http_port), "--grpc-port", str(free_port()),
-           "--metrics-port", str(free_port())]
+    cmd, env = up_command(model_store, tmp_path, port, http_port)
     log = open(tmp_path / "up.log", "w")
     proc = subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT)
     base = f"http://127.0.0.1:{port}"

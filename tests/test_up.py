@@ -25,12 +25,18 @@ def _get(url: str) -> tuple[int, bytes]:
         return exc.code, exc.read()
 
 
-def test_rtmedia_up_serves_and_stops(model_store, tmp_path):
-    port, http_port = free_port(), free_port()
+def up_command(model_store, tmp_path, port: int, http_port: int) -> tuple[list[str], dict]:
+    """`rtmedia up` on free loopback ports with the test store: (argv, environment)."""
     env = dict(os.environ, AI_MODELS_DIR=str(model_store.root), RTMEDIA_STATE_DIR=str(tmp_path))
     cmd = [sys.executable, "-m", "streaming.cli", "up", "--port", str(port),
            "--http-port", str(http_port), "--grpc-port", str(free_port()),
            "--metrics-port", str(free_port())]
+    return cmd, env
+
+
+def test_rtmedia_up_serves_and_stops(model_store, tmp_path):
+    port, http_port = free_port(), free_port()
+    cmd, env = up_command(model_store, tmp_path, port, http_port)
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                             text=True)
     base = f"http://127.0.0.1:{port}"
