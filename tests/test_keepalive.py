@@ -251,6 +251,9 @@ async def test_quiet_spell_against_triton_defaults(triton_defaults):
         _quiet_spell(IdlePinger(url, OLD_PINGS, reopen=True)),
         _quiet_spell(IdlePinger(url, NEW_PINGS, reopen=False)),
     )
-    assert old[0] == "ok" and old[1].startswith("failed") and "Too many pings" in old[1], old
+    # the GOAWAY surfaces as "Too many pings", or as "Internal error from Core" when
+    # grpcio was writing the request as the connection closed (the symptom)
+    assert old[0] == "ok" and old[1].startswith("failed") and (
+        "Too many pings" in old[1] or "Internal error from Core" in old[1]), old
     assert reopened == ["ok", "ok"]
     assert new == ["ok", "ok"]
