@@ -50,7 +50,7 @@ async def test_talking_avatar_page(media_server, tmp_path, artifacts):
         await browser.wait_for(
             "rtmedia.audioSamples.length > 0 && performance.now() - "
             "Math.max(...rtmedia.audioSamples.filter(s => s[1] > 0.01).map(s => s[0])) > 1500",
-            timeout=30)
+            timeout=60)  # a reply may run to its 120-token budget (~35 s of speech)
         await browser.screenshot(artifacts / "avatar_page.png")
         s = await browser.eval("""({fps: rtmedia.fps, frames: rtmedia.videoFrames,
             audio: rtmedia.audioSamples, mouth: rtmedia.mouthSamples,
