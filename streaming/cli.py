@@ -239,7 +239,7 @@ async def _serve(settings: Settings) -> None:
 
     from aiohttp import web
 
-    from streaming.server import create_app
+    from streaming.server import create_app, drain
 
     app = create_app(settings)
     runner = web.AppRunner(app, handle_signals=False)
@@ -249,11 +249,18 @@ async def _serve(settings: Settings) -> None:
     url = f"http://{settings.host}:{settings.port}"
     print(f"rtmedia media server on {url}  (web demo {url}/ , realtime ws://{settings.host}:"
           f"{settings.port}/v1/realtime , metrics {url}/metrics)", flush=True)
-    stop = asyncio.Event()
+    stop, hurry = asyncio.Event(), asyncio.Event()
     loop = asyncio.get_running_loop()
+
+    def on_signal() -> None:  # the first signal drains, a second one ends the grace period
+        (hurry if stop.is_set() else stop).set()
+
     for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, stop.set)
+        loop.add_signal_handler(sig, on_signal)
     await stop.wait()
+    print(f"draining (up to {settings.drain_grace_s:g} s; signal again to stop now)",
+          flush=True)
+    await drain(app, settings.drain_grace_s, hurry)
     print("shutting down", flush=True)
     await runner.cleanup()
 

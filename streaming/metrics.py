@@ -30,6 +30,8 @@ FRAME_PROCESSING = Histogram(
     "rtmedia_inbound_audio_processing_seconds",
     "Server time spent on one inbound audio message (decode, resample, VAD, queue)",
     buckets=_FRAME_BUCKETS, registry=REGISTRY)
+DRAINING = Gauge("rtmedia_draining", "1 while this replica drains (SIGTERM): no new sessions",
+                 registry=REGISTRY)
 TRITON_STREAMS = Gauge("rtmedia_triton_streams_open",
                        "gRPC streams open to Triton (all sessions)", registry=REGISTRY)
 

@@ -53,6 +53,9 @@ SESSIONS = web.AppKey("sessions", set)
 AVATAR = web.AppKey("avatar", object)
 AUTH = web.AppKey("auth", auth.Auth)
 METRICS_RUNNER = web.AppKey("metrics_runner", web.AppRunner)
+# Set on SIGTERM: /readyz answers 503 and new sessions are refused (503, so a proxy retries
+# another replica) while the open ones finish (see drain()).
+DRAINING = web.AppKey("draining", asyncio.Event)
 
 # What each route needs; a route missing here needs the key (static pages are open).
 ROUTE_ACCESS = {
@@ -93,6 +96,7 @@ def create_app(settings: Settings, router: ModelRouter | None = None,
     app[AUTH] = guard
     app[ROUTER] = router or make_router(settings)
     app[SESSIONS] = set()
+    app[DRAINING] = asyncio.Event()
     app.router.add_get("/v1/realtime", realtime_ws)
     app.router.add_post("/v1/realtime/calls", realtime_call)
     app.router.add_post("/v1/realtime/client_secrets", client_secrets)
@@ -121,6 +125,8 @@ async def healthz(request: web.Request) -> web.Response:
 
 async def readyz(request: web.Request) -> web.Response:
     """Open for probes; which model is not ready, and where Triton is, only with the key."""
+    if request.app[DRAINING].is_set():
+        return web.json_response({"ready": False, "draining": True}, status=503)
     router: ModelRouter = request.app[ROUTER]
     problems = []
     for use_case in ("stt", "tts", "agent"):
@@ -211,6 +217,8 @@ async def client_secrets(request: web.Request) -> web.Response:
 async def realtime_ws(request: web.Request) -> web.StreamResponse:
     settings: Settings = request.app[SETTINGS]
     sessions: set = request.app[SESSIONS]
+    if request.app[DRAINING].is_set():
+        return draining_refusal()
     # The handshake never sees the credential subprotocol: aiohttp would log it (a
     # WARNING: no overlap with ours) and must not echo it back as the chosen protocol.
     handshake = auth.without_credential_protocols(request)
@@ -383,6 +391,8 @@ async def realtime_call(request: web.Request) -> web.Response:
         return web.json_response({"error": {"code": "invalid_offer",
                                             "message": "the body is not an SDP offer"}},
                                  status=400)
+    if request.app[DRAINING].is_set():
+        return draining_refusal()
     if len(sessions) >= settings.max_sessions:
         M.SESSIONS_REFUSED.inc()
         M.ERRORS.labels("session_limit").inc()
@@ -455,6 +465,43 @@ async def _webrtc_idle_watch(rtc, idle_s: float) -> None:
             await session.drain()
             await rtc.close()
             return
+
+
+def draining_refusal() -> web.Response:
+    """A new session while draining: 503 before any upgrade, which nginx
+    (``proxy_next_upstream http_503``) retries on another replica."""
+    M.SESSIONS_REFUSED.inc()
+    return web.json_response({"error": {"type": "server_error", "code": "draining", "message":
+                                         "this replica is shutting down; connect again"}},
+                             status=503, headers={"Retry-After": "1"})
+
+
+async def drain(app: web.Application, grace_s: float, stop: asyncio.Event | None = None
+                ) -> int:
+    """Stop taking sessions and wait up to ``grace_s`` (or until ``stop`` is set) for the
+    open ones to end; those still open get an ``error`` (``server_shutdown``). Returns
+    how many were still open. The listener stays up meanwhile: a proxy or probe sees
+    the 503s, not refused connections."""
+    app[DRAINING].set()
+    M.DRAINING.set(1)
+    sessions: set = app[SESSIONS]
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + grace_s
+    log.info("draining: %d open sessions, grace %.0f s", len(sessions), grace_s)
+    # The session set changes in the handlers' finally blocks: polling it is the simple way
+    while sessions and loop.time() < deadline and not (stop and stop.is_set()):  # noqa: ASYNC110
+        await asyncio.sleep(0.1)
+    left = list(sessions)
+    for s in left:
+        session = getattr(s, "session", s)  # WebRTC wraps a RealtimeSession
+        with contextlib.suppress(Exception):
+            session.error("server_shutdown", "the server is shutting down; reconnect to "
+                          "resume", type_="server_error")
+    if left:
+        await asyncio.gather(*(getattr(s, "session", s).drain(0.5) for s in left),
+                             return_exceptions=True)
+    log.info("drained: %d sessions still open are closed", len(left))
+    return len(left)
 
 
 async def _close_sessions(app: web.Application) -> None:

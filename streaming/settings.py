@@ -87,6 +87,14 @@ class Settings:
     # WebSocket reply audio is paced to real time, this far ahead of the client's playback:
     # more absorbs network jitter, less lets barge-in silence the client sooner
     ws_audio_lead_ms: float = 500.0
+    # SIGTERM: refuse new sessions (/readyz 503) and let open ones finish this long
+    drain_grace_s: float = 30.0
+    # Shared state between replicas (redis://HOST:PORT/DB); empty: this process's memory
+    redis_url: str = ""
+    # Sessions across all replicas sharing the Redis (0: no global limit)
+    global_max_sessions: int = 0
+    # How long a closed session's state (history, settings) can be resumed
+    session_state_ttl_s: float = 3600.0
 
     @classmethod
     def from_env(cls) -> Settings:
@@ -131,6 +139,10 @@ class Settings:
             ice_servers=json.loads(_env("ICE_SERVERS", "[]")),
             av_audio_lead_ms=float(_env("AV_AUDIO_LEAD_MS", "20")),
             ws_audio_lead_ms=float(_env("WS_AUDIO_LEAD_MS", "500")),
+            drain_grace_s=float(_env("DRAIN_GRACE_S", "30")),
+            redis_url=_env("REDIS_URL", ""),
+            global_max_sessions=int(_env("GLOBAL_MAX_SESSIONS", "0")),
+            session_state_ttl_s=float(_env("SESSION_STATE_TTL_S", "3600")),
         )
 
     def triton_keepalive(self) -> Keepalive:
