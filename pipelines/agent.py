@@ -14,6 +14,11 @@ is cancelled (inside Triton too) and the utterance continues on a new sequence.
 
 Barge-in: user speech while the reply is generating *or still playing* stops the
 output at once and cancels the generation; the history keeps what was heard.
+
+Function calls: a reply may end in calls to the session's tools. They are
+checked against the tools' parameters and, once the reply completes, put into
+the history and reported with ``ResponseDone``; the client runs them and adds
+their outputs, then asks for the next reply. A cancelled reply makes no calls.
 Every way a session ends goes through ``close()``, which cancels all its work.
 """
 
@@ -32,11 +37,13 @@ from pipelines.clock import SYSTEM_CLOCK, Clock
 from pipelines.conversation import Conversation, UnknownItem
 from pipelines.ids import new_id
 from pipelines.playout import AudioSink, PacedDeltaSink, Playout
-from pipelines.responder import AudioOut, ReplyOptions, Responder, TextOut
+from pipelines.responder import AudioOut, ReplyOptions, Responder, TextOut, ToolCallsOut
 from pipelines.services import Services
+from pipelines.tools import InvalidToolCall, Tool, ToolCall, check_call, chosen_tools
 from pipelines.transcriber import Utterance
 from pipelines.triton_client import TritonModelError, TritonUnavailable
-from pipelines.turns import TurnDetector
+from pipelines.languages import answer_in, base, is_english
+from pipelines.turns import SemanticEndOfTurn, SemanticTurn, TurnDetector
 from pipelines.vad import RATE, VadConfig
 
 log = logging.getLogger(__name__)
@@ -54,6 +61,8 @@ class AgentConfig:
     create_response: bool = True  # reply automatically at end of turn
     interrupt_response: bool = True  # barge-in
     vad: VadConfig = field(default_factory=VadConfig)
+    # semantic_vad: the end-of-turn model sets the silence at each pause; None: server_vad
+    semantic: SemanticTurn | None = None
     output_rate: int = 24000
     audio_output: bool = True  # False: text-only replies (no TTS)
     respond: bool = True  # False for transcription-only sessions
@@ -63,6 +72,8 @@ class AgentConfig:
     max_history: int = 20  # items kept besides the instructions
     # a longer user turn is cut into turns of this length (bounds memory and STT work)
     max_utterance_s: float = 60.0
+    tools: tuple[Tool, ...] = ()
+    tool_choice: str = "auto"  # auto | none | required | function:<name>
 
 
 @dataclass
@@ -107,6 +118,8 @@ class VoiceAgent:
         self.session_id = session_id
         self._vad_classifier = vad_classifier
         self.turns = TurnDetector(self.config.vad, vad_classifier)
+        self.end_of_turn = self._end_of_turn()
+        self._heard_language: str | None = None  # what STT detected (language "auto")
         self.conversation = Conversation(self.config.max_history)
         self.sink = sink or PacedDeltaSink(self.frames.put_nowait, rate=self.config.output_rate,
                                            clock=clock)
@@ -125,9 +138,14 @@ class VoiceAgent:
     # -- configuration -------------------------------------------------------------------
     def configure(self, **changes) -> None:
         vad_changed = "vad" in changes and changes["vad"] != self.config.vad
+        semantic_changed = changes.get("semantic", self.config.semantic) != self.config.semantic
         self.config = replace(self.config, **changes)
         if vad_changed:
             self.turns = TurnDetector(self.config.vad, self._vad_classifier)
+        if vad_changed or semantic_changed:
+            if self.end_of_turn is not None:
+                self.end_of_turn.cancel()
+            self.end_of_turn = self._end_of_turn()
         self.conversation.max_items = self.config.max_history
         if isinstance(self.sink, PacedDeltaSink):
             self.sink.rate = self.config.output_rate
@@ -141,6 +159,15 @@ class VoiceAgent:
     def speaking(self) -> bool:
         """The assistant is talking: generating, or audio not yet played."""
         return self.responding or self.playout.speaking
+
+    @property
+    def reply_language(self) -> str | None:
+        """The language replies are spoken in (None: the default English voice); with
+        transcription language ``auto``, the one STT heard last."""
+        lang = self.config.tts_language
+        if lang is not None and base(lang) == "auto":
+            return self._heard_language
+        return lang
 
     def _emit(self, frame: F.Frame) -> None:
         self.frames.put_nowait(frame)
@@ -167,11 +194,22 @@ class VoiceAgent:
             elif ev.kind == "started":
                 await self._speech_started(ev.at_ms, ev.audio)
             elif ev.kind == "paused":
+                if self.end_of_turn is not None:
+                    self.end_of_turn.paused()
                 self._speech_paused()
             elif ev.kind == "resumed":
+                if self.end_of_turn is not None:
+                    self.end_of_turn.resumed()
                 await self._speech_resumed()
             elif ev.kind == "stopped":
+                if self.end_of_turn is not None:
+                    self.end_of_turn.cancel()
                 self._speech_stopped(ev.at_ms)
+
+    def _end_of_turn(self) -> SemanticEndOfTurn | None:
+        if self.config.semantic is None:
+            return None
+        return SemanticEndOfTurn(self.turns, self.config.semantic, self.services.turn)
 
     async def _speech_started(self, at_ms: int, prefix: np.ndarray | None) -> None:
         # A new turn: a speculative reply started during it shares this object, so
@@ -272,6 +310,9 @@ class VoiceAgent:
             self._turn.transcript = now
             self._metric("stt_final", now)
         self._emit(F.TranscriptCompleted(utt.item_id, text, details, utt.sent_samples / RATE))
+        if self.config.language == "auto":  # answer in what the user spoke
+            heard = base(details.get("language"))
+            self._heard_language = None if is_english(heard) else heard
         hold, self._hold = self._hold, None
         if not self.config.respond or not text.strip():
             if hold is not None:
@@ -297,17 +338,32 @@ class VoiceAgent:
         self.conversation.add(item_id, role, text)
         return item_id
 
+    def add_function_item(self, kind: str, call_id: str, *, output: str = "",
+                          name: str = "", arguments: str = "",
+                          item_id: str | None = None) -> str:
+        """A function_call_output (the client's result for ``call_id``) or a
+        function_call item into the history."""
+        item_id = item_id or new_id("item")
+        role = "tool" if kind == "function_call_output" else "assistant"
+        self.conversation.add(item_id, role, output, type=kind, call_id=call_id, name=name,
+                              arguments=arguments)
+        return item_id
+
     def start_response(self, instructions: str | None = None, *,
-                       hold: _Hold | None = None) -> str | None:
+                       hold: _Hold | None = None, tools: tuple[Tool, ...] | None = None,
+                       tool_choice: str | None = None) -> str | None:
         """Start a reply to the conversation so far (plus the held user text of a
-        speculative reply); None when one is already running."""
+        speculative reply); None when one is already running. ``tools`` and
+        ``tool_choice`` replace the session's for this reply."""
         if self.responding or self.closed:
             return None
         rid = new_id("resp")
-        messages = self.conversation.messages(instructions or self.config.instructions)
+        messages = self.conversation.messages(
+            answer_in(instructions or self.config.instructions, self.reply_language))
         if hold is not None:
             messages.append({"role": "user", "content": hold.user_text})
-        self._response = self._spawn(self._respond(rid, messages, hold))
+        options = self._options(tools, tool_choice)
+        self._response = self._spawn(self._respond(rid, messages, hold, options))
         return rid
 
     async def cancel_response(self, reason: str = "client_cancelled") -> bool:
@@ -348,14 +404,18 @@ class VoiceAgent:
             text = ""
         self._emit(F.OutputInterrupted(response_id, item_id, round(audio_end_s * 1000), text))
 
-    def _options(self) -> ReplyOptions:
+    def _options(self, tools: tuple[Tool, ...] | None = None,
+                 tool_choice: str | None = None) -> ReplyOptions:
         cfg = self.config
+        tools, choice = chosen_tools(cfg.tools if tools is None else tools,
+                                     tool_choice or cfg.tool_choice)
         return ReplyOptions(output_rate=self.sink.rate, audio=cfg.audio_output,
-                            voice=cfg.voice, language=cfg.tts_language,
+                            voice=cfg.voice, language=self.reply_language,
                             max_tokens=cfg.max_output_tokens, temperature=cfg.temperature,
-                            seed=cfg.seed)
+                            seed=cfg.seed, tools=tools, tool_choice=choice)
 
-    async def _respond(self, rid: str, messages: list[dict], hold: _Hold | None) -> None:
+    async def _respond(self, rid: str, messages: list[dict], hold: _Hold | None,
+                       options: ReplyOptions) -> None:
         item_id = new_id("item")
         inbox: asyncio.Queue = asyncio.Queue()
         held: list = []
@@ -364,10 +424,11 @@ class VoiceAgent:
             if hold.released:
                 inbox.put_nowait(_RELEASE)
         is_held = lambda: hold is not None and not hold.released  # noqa: E731
-        options = self._options()
         pump = asyncio.create_task(self._pump(messages, options, inbox))
         text: list[str] = []
-        status, reason = "completed", None
+        said_calls: list[dict] = []
+        calls: list[ToolCall] = []
+        status, reason, code = "completed", None, None
         started = False
 
         async def deliver(item) -> None:
@@ -399,6 +460,8 @@ class VoiceAgent:
                         break
                 elif isinstance(item, BaseException):
                     raise item
+                elif isinstance(item, ToolCallsOut):
+                    said_calls += item.calls
                 else:
                     if isinstance(item, TextOut):
                         text.append(item.delta)
@@ -420,17 +483,41 @@ class VoiceAgent:
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await pump
             if hold is None or hold.released:  # else a guess taken back: never shown
+                full = "".join(text).strip()
+                if status == "completed" and said_calls:
+                    try:
+                        calls = self._checked_calls(said_calls, options.tools)
+                    except InvalidToolCall as exc:
+                        status, reason, code = "failed", str(exc), "invalid_tool_call"
+                        log.warning("session %s: response %s: %s", self.session_id, rid, exc)
+                message = started or bool(full) or not said_calls
                 if not started:  # nothing was delivered: still a response to report
                     self.playout.begin(rid, item_id)
-                    self._emit(F.ResponseStarted(rid, item_id))
+                    self._emit(F.ResponseStarted(rid, item_id, message))
                 if status == "failed":
-                    self._emit(F.ErrorFrame("response_failed", reason or "response failed"))
-                full = "".join(text).strip()
+                    self._emit(F.ErrorFrame(code or "response_failed",
+                                            reason or "response failed"))
                 heard_s = self._finish_item(rid, item_id, full, status)
+                for call in calls:
+                    self.add_function_item("function_call", call.call_id, name=call.name,
+                                           arguments=call.arguments, item_id=call.item_id)
                 audio_s = self.playout.audio_s if self.playout.response_id == rid else 0.0
-                self._emit(F.ResponseDone(rid, item_id, status, full, reason, audio_s))
+                self._emit(F.ResponseDone(rid, item_id, status, full, reason, audio_s,
+                                          message, calls, code))
                 if heard_s is not None:  # after response.done, as OpenAI orders them
                     self._truncated(item_id, rid, heard_s)
+
+    @staticmethod
+    def _checked_calls(said: list[dict], tools: tuple[Tool, ...]) -> list[ToolCall]:
+        """The model's calls with ids, or InvalidToolCall for the first bad one."""
+        calls = []
+        for c in said:
+            if c.get("error"):
+                raise InvalidToolCall(f"the model wrote a function call that cannot be "
+                                      f"read: {c['error']}")
+            call = check_call(str(c.get("name", "")), str(c.get("arguments", "")), tools)
+            calls.append(replace(call, call_id=new_id("call"), item_id=new_id("item")))
+        return calls
 
     def _finish_item(self, rid: str, item_id: str, text: str, status: str) -> float | None:
         """The assistant item goes into the history; for a spoken reply that did not
@@ -474,6 +561,8 @@ class VoiceAgent:
         """Cancel every task and Triton stream of this session."""
         self.closed = True
         self.sink.clear()
+        if self.end_of_turn is not None:
+            await self.end_of_turn.close()
         tasks = list(self._tasks)
         for task in tasks:
             task.cancel()

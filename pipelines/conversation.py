@@ -46,6 +46,12 @@ class Item:
     text: str
     spans: list[Span] = field(default_factory=list)  # assistant audio only
     truncated: bool = False
+    # function_call: the assistant called ``name`` with ``arguments`` (JSON text);
+    # function_call_output: the client's result (``text``) for ``call_id``
+    type: str = "message"
+    call_id: str = ""
+    name: str = ""
+    arguments: str = ""
 
     @property
     def audio_s(self) -> float:
@@ -63,8 +69,13 @@ class Conversation:
         self.max_items = max_items
         self.items: list[Item] = []
 
-    def add(self, item_id: str, role: str, text: str, spans: list[Span] | None = None) -> Item:
-        item = Item(item_id, role, text, list(spans or []))
+    def add(self, item_id: str, role: str, text: str, spans: list[Span] | None = None,
+            **function) -> Item:
+        """A message; ``function`` (type, call_id, name, arguments) makes it a
+        function_call or function_call_output item."""
+        return self.append(Item(item_id, role, text, list(spans or []), **function))
+
+    def append(self, item: Item) -> Item:
         self.items.append(item)
         if len(self.items) > self.max_items:
             # Drop the older half at once, not one item per turn: the LLM's prompt cache
@@ -93,5 +104,19 @@ class Conversation:
         return item
 
     def messages(self, instructions: str) -> list[dict]:
-        return [{"role": "system", "content": instructions},
-                *({"role": i.role, "content": i.text} for i in self.items if i.text)]
+        """Chat messages: a call becomes ``tool_calls`` of an assistant message (joined
+        to the reply text before it), a result a ``tool`` message."""
+        out: list[dict] = [{"role": "system", "content": instructions}]
+        for i in self.items:
+            if i.type == "function_call":
+                call = {"id": i.call_id, "type": "function",
+                        "function": {"name": i.name, "arguments": i.arguments}}
+                if out[-1]["role"] == "assistant":
+                    out[-1].setdefault("tool_calls", []).append(call)
+                else:
+                    out.append({"role": "assistant", "content": "", "tool_calls": [call]})
+            elif i.type == "function_call_output":
+                out.append({"role": "tool", "tool_call_id": i.call_id, "content": i.text})
+            elif i.text:
+                out.append({"role": i.role, "content": i.text})
+        return out

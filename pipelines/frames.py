@@ -64,6 +64,7 @@ class TranscriptFailed(Frame):
 class ResponseStarted(Frame):
     response_id: str
     item_id: str
+    message: bool = True  # False: the reply is only function calls (no message item)
 
 
 @dataclass
@@ -89,6 +90,9 @@ class ResponseDone(Frame):
     transcript: str
     reason: str | None = None  # turn_detected | client_cancelled | error message
     audio_s: float = 0.0
+    message: bool = True  # the reply has a message item (see ResponseStarted)
+    calls: list = field(default_factory=list)  # pipelines.tools.ToolCall, in order
+    error_code: str | None = None  # of a failed reply, e.g. invalid_tool_call
 
 
 @dataclass

@@ -4,7 +4,8 @@ The LLM streams into a clause splitter while TTS speaks the clauses already cut,
 so the first audio comes after the first clause, not after the whole answer.
 ``Responder.run`` yields text deltas and audio pieces in the order they are
 ready; closing the iterator (barge-in, the client's cancel, the session ending)
-cancels both streams, which cancels the requests inside Triton.
+cancels both streams, which cancels the requests inside Triton. Function calls
+the model makes come last, as one ``ToolCallsOut`` (the model says them whole).
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ import numpy as np
 from pipelines.audio import Resampler
 from pipelines.clauses import ClauseSplitter
 from pipelines.services import LLM, TTS
+from pipelines.tools import Tool
 
 
 @dataclass(frozen=True)
@@ -30,6 +32,8 @@ class ReplyOptions:
     max_tokens: int = 120
     temperature: float | None = 0.7
     seed: int | None = None
+    tools: tuple[Tool, ...] = ()  # the functions this reply may call
+    tool_choice: str = "auto"  # auto | required | function:<name>
 
 
 @dataclass
@@ -44,6 +48,11 @@ class AudioOut:
     text: str  # the clause this audio speaks (its first piece carries it; later pieces "")
 
 
+@dataclass
+class ToolCallsOut:
+    calls: list[dict]  # {"name", "arguments" (JSON text)[, "error"]} as the model said them
+
+
 _DONE = object()
 
 
@@ -52,7 +61,7 @@ class Responder:
         self.llm, self.tts = llm, tts
 
     async def run(self, messages: list[dict], options: ReplyOptions
-                  ) -> AsyncIterator[TextOut | AudioOut]:
+                  ) -> AsyncIterator[TextOut | AudioOut | ToolCallsOut]:
         out: asyncio.Queue = asyncio.Queue()
         clauses: asyncio.Queue[str | None] = asyncio.Queue()
         tasks = [asyncio.create_task(self._generate(messages, options, out, clauses))]
@@ -79,10 +88,16 @@ class Responder:
                         clauses: asyncio.Queue) -> None:
         splitter = ClauseSplitter()
         try:
+            tools = {}
+            if options.tools:
+                tools = {"tools": [t.chat_format() for t in options.tools],
+                         "tool_choice": options.tool_choice}
             gen = self.llm.chat(messages, max_tokens=options.max_tokens,
-                                temperature=options.temperature, seed=options.seed)
+                                temperature=options.temperature, seed=options.seed, **tools)
+            calls: list[dict] = []
             async with contextlib.aclosing(gen):
                 async for tok in gen:
+                    calls += tok.tool_calls
                     if not tok.text:
                         continue
                     out.put_nowait(TextOut(tok.text))
@@ -90,6 +105,8 @@ class Responder:
                         clauses.put_nowait(clause)
             for clause in splitter.flush():
                 clauses.put_nowait(clause)
+            if calls:
+                out.put_nowait(ToolCallsOut(calls))
         except asyncio.CancelledError:
             raise
         except BaseException as exc:

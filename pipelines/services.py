@@ -101,14 +101,23 @@ async def synthesize(client: TritonClient, text: str, *, model: str = "piper",
 class Token:
     text: str
     finish_reason: str = ""
+    # on the last token: the calls the model made, {"name", "arguments" (JSON text)};
+    # a call the model wrote badly also has "error"
+    tool_calls: list[dict] = field(default_factory=list)
 
 
 async def chat(client: TritonClient, messages: list[dict], *, model: str = "llm",
                max_tokens: int = 256, temperature: float | None = None,
-               seed: int | None = None, ignore_eos: bool = False) -> AsyncIterator[Token]:
-    """Stream LLM tokens; closing the iterator early cancels generation in Triton."""
+               seed: int | None = None, ignore_eos: bool = False,
+               tools: list[dict] | None = None, tool_choice: str = "auto"
+               ) -> AsyncIterator[Token]:
+    """Stream LLM tokens; closing the iterator early cancels generation in Triton.
+    ``tools`` (chat format) let the model answer with calls (``Token.tool_calls``)."""
     inputs: dict = {"MESSAGES": json.dumps(messages),
                     "MAX_TOKENS": np.array([max_tokens], dtype=np.int32)}
+    if tools:
+        inputs["TOOLS"] = json.dumps(tools)
+        inputs["TOOL_CHOICE"] = tool_choice
     if temperature is not None:
         inputs["TEMPERATURE"] = np.array([temperature], dtype=np.float32)
     if seed is not None:
@@ -117,7 +126,9 @@ async def chat(client: TritonClient, messages: list[dict], *, model: str = "llm"
         inputs["IGNORE_EOS"] = np.array([True])
     async with client.stream() as stream:
         async for r in stream.infer(model, inputs):
-            yield Token(r.text("TEXT"), r.text("FINISH_REASON"))
+            calls = r.text("TOOL_CALLS") if "TOOL_CALLS" in r.outputs else ""
+            yield Token(r.text("TEXT"), r.text("FINISH_REASON"),
+                        json.loads(calls) if calls else [])
 
 
 # -- the interfaces the agent's stages are written against --------------------------------
@@ -135,7 +146,8 @@ class STT(Protocol):
 
 class LLM(Protocol):
     def chat(self, messages: list[dict], *, max_tokens: int, temperature: float | None,
-             seed: int | None) -> AsyncIterator[Token]: ...
+             seed: int | None, tools: list[dict] | None = None,
+             tool_choice: str = "auto") -> AsyncIterator[Token]: ...
 
 
 class TTS(Protocol):
@@ -164,10 +176,12 @@ class TritonLLM:
     router: ModelRouter
 
     def chat(self, messages: list[dict], *, max_tokens: int, temperature: float | None,
-             seed: int | None) -> AsyncIterator[Token]:
+             seed: int | None, tools: list[dict] | None = None,
+             tool_choice: str = "auto") -> AsyncIterator[Token]:
         route = self.router.route("agent")
         return chat(route.client, messages, model=route.model, max_tokens=max_tokens,
-                    temperature=temperature, seed=seed)
+                    temperature=temperature, seed=seed, tools=tools,
+                    tool_choice=tool_choice)
 
 
 @dataclass

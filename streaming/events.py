@@ -13,6 +13,8 @@ import math
 from dataclasses import dataclass, field
 from typing import Any
 
+from pipelines.tools import TOOL_CHOICES, Tool
+
 MAX_DEPTH = 32  # no protocol object nests deeper than ~6
 SUPPORTED_RATES = (16000, 24000)
 
@@ -64,6 +66,8 @@ class SessionConfig:
     temperature: float | None = None
     seed: int | None = None
     max_output_tokens: int | None = None
+    tools: tuple[Tool, ...] | None = None
+    tool_choice: str | None = None  # auto | none | required | function:<name>
 
 
 @dataclass(frozen=True)
@@ -90,6 +94,8 @@ class BufferClear:
 @dataclass(frozen=True)
 class ResponseCreate:
     instructions: str | None = None
+    tools: tuple[Tool, ...] | None = None  # for this response only
+    tool_choice: str | None = None
 
 
 @dataclass(frozen=True)
@@ -101,6 +107,19 @@ class ResponseCancel:
 class ItemCreate:
     role: str
     text: str
+    item_id: str | None = None
+
+
+@dataclass(frozen=True)
+class FunctionItemCreate:
+    """A ``function_call_output`` item (the client's result for a call) or a
+    ``function_call`` item (a call put into the history by the client)."""
+
+    type: str  # function_call_output | function_call
+    call_id: str
+    output: str = ""
+    name: str = ""
+    arguments: str = ""
     item_id: str | None = None
 
 
@@ -232,6 +251,67 @@ def _turn_detection(value: Any, path: str) -> TurnDetection | None:
         _bool(value, "interrupt_response", path, code))
 
 
+MAX_TOOLS = 64
+
+
+def _name_ok(name: Any) -> bool:
+    return isinstance(name, str) and 0 < len(name) <= 64 and all(
+        c.isascii() and (c.isalnum() or c in "_-") for c in name)
+
+
+def _tools(obj: dict, path: str) -> tuple[Tool, ...] | None:
+    """``tools``: function tools with JSON-schema parameters."""
+    code = "invalid_tools"
+    value = _get(obj, "tools", path, (list,), "a list of function tools", code)
+    if value is UNSET or value is None:
+        return None
+    if len(value) > MAX_TOOLS:
+        raise ProtocolError(code, f"at most {MAX_TOOLS} tools", _at(path, "tools"))
+    tools = []
+    for i, t in enumerate(value):
+        at = f"{_at(path, 'tools')}[{i}]"
+        if not isinstance(t, dict):
+            raise ProtocolError(code, "a tool is an object", at)
+        if t.get("type", "function") != "function":
+            raise ProtocolError(code, f"tool type {str(t.get('type'))[:40]!r} is not "
+                                "supported; use function", f"{at}.type")
+        fn = t.get("function") if isinstance(t.get("function"), dict) else t  # chat shape
+        name = fn.get("name")
+        if not _name_ok(name):
+            raise ProtocolError(code, "a tool needs a name of 1-64 letters, digits, _ or -",
+                                f"{at}.name")
+        if any(x.name == name for x in tools):
+            raise ProtocolError(code, f"two tools are named {name!r}", f"{at}.name")
+        description = _str(fn, "description", at, 4000, code) or ""
+        params = _get(fn, "parameters", at, (dict,), "a JSON schema object", code)
+        if params is UNSET or params is None:
+            params = {"type": "object", "properties": {}}
+        if params.get("type", "object") != "object":
+            raise ProtocolError(code, 'parameters must be a JSON schema of "type": "object"',
+                                f"{at}.parameters")
+        tools.append(Tool(name, description, params))
+    return tuple(tools)
+
+
+def _tool_choice(obj: dict, path: str) -> str | None:
+    """``tool_choice``: "auto" | "none" | "required" | {"type": "function", "name": ...}."""
+    code = "invalid_tool_choice"
+    value = _get(obj, "tool_choice", path, (str, dict), 'a string or {"type": "function", '
+                 '"name": ...}', code)
+    if value is UNSET or value is None:
+        return None
+    if isinstance(value, str):
+        if value not in TOOL_CHOICES:
+            raise ProtocolError(code, "tool_choice must be auto, none, required or "
+                                '{"type": "function", "name": ...}', _at(path, "tool_choice"))
+        return value
+    fn = value.get("function") if isinstance(value.get("function"), dict) else value
+    if value.get("type") != "function" or not _name_ok(fn.get("name")):
+        raise ProtocolError(code, 'a named tool_choice is {"type": "function", "name": ...}',
+                            _at(path, "tool_choice"))
+    return f"function:{fn['name']}"
+
+
 def _session(s: dict, max_instructions: int) -> SessionConfig:
     path = "session"
     audio = _obj(s, "audio", path, "invalid_session") or {}
@@ -296,12 +376,39 @@ def _session(s: dict, max_instructions: int) -> SessionConfig:
         temperature=_num(s, "temperature", path, 0.0, 2.0),
         seed=_int(s, "seed", path, 0, 2**31 - 1),
         max_output_tokens=1024 if max_tokens == "inf" else
-        (None if max_tokens in (UNSET, None) else max_tokens))
+        (None if max_tokens in (UNSET, None) else max_tokens),
+        tools=_tools(s, path), tool_choice=_tool_choice(s, path))
 
 
-def _item(item: Any, max_text: int) -> ItemCreate:
+def _function_item(item: dict, max_text: int) -> FunctionItemCreate:
+    kind = item["type"]
+    call_id = _str(item, "call_id", "item", 64, "invalid_item")
+    if not call_id:
+        raise ProtocolError("invalid_item", f"a {kind} item needs a call_id", "item.call_id")
+    item_id = _str(item, "id", "item", 64, "invalid_item")
+    if kind == "function_call_output":
+        output = _get(item, "output", "item", (str,), "a string", "invalid_item")
+        if not isinstance(output, str):
+            raise ProtocolError("invalid_item", "a function_call_output item needs an output "
+                                "string", "item.output")
+        if len(output) > max_text:
+            raise ProtocolError("text_too_long", f"output exceeds {max_text} characters",
+                                "item.output")
+        return FunctionItemCreate(kind, call_id, output=output, item_id=item_id)
+    name = item.get("name")
+    if not _name_ok(name):
+        raise ProtocolError("invalid_item", "a function_call item needs a name", "item.name")
+    arguments = _str(item, "arguments", "item", max_text, "invalid_item") or "{}"
+    return FunctionItemCreate(kind, call_id, name=name, arguments=arguments, item_id=item_id)
+
+
+def _item(item: Any, max_text: int) -> ItemCreate | FunctionItemCreate:
+    if isinstance(item, dict) and item.get("type") in ("function_call_output",
+                                                      "function_call"):
+        return _function_item(item, max_text)
     if not isinstance(item, dict) or item.get("type", "message") != "message":
-        raise ProtocolError("invalid_item", "only message items are supported", "item")
+        raise ProtocolError("invalid_item", "only message, function_call and "
+                            "function_call_output items are supported", "item")
     role = item.get("role")
     if role not in ("user", "assistant", "system"):
         raise ProtocolError("invalid_item", "a message item needs a role: user, assistant "
@@ -356,7 +463,8 @@ def _body(kind: str, event: dict, *, max_instructions: int, max_text: int) -> An
         r = _obj(event, "response", "") or {}
         instructions = _str(r, "instructions", "response", max_instructions,
                             "invalid_instructions")
-        return ResponseCreate(instructions)
+        return ResponseCreate(instructions, _tools(r, "response"),
+                              _tool_choice(r, "response"))
     if kind == "response.cancel":
         return ResponseCancel(_str(event, "response_id", "", 64))
     if kind == "conversation.item.create":

@@ -28,6 +28,7 @@ from pipelines.ids import new_id
 from pipelines.playout import AudioSink, PacedDeltaSink
 from pipelines.router import ModelRouter
 from pipelines.services import Services, triton_services
+from pipelines.tools import Tool, ToolCall
 from pipelines.vad import RATE
 from streaming import events as E
 from streaming import metrics as M
@@ -174,6 +175,7 @@ class RealtimeSession:
             E.ResponseCreate: self._response_create,
             E.ResponseCancel: self._response_cancel,
             E.ItemCreate: self._item_create,
+            E.FunctionItemCreate: self._function_item_create,
             E.ItemTruncate: self._item_truncate,
             E.OutputClear: self._output_clear,
         }
@@ -206,6 +208,13 @@ class RealtimeSession:
             changes["seed"] = s.seed
         if s.max_output_tokens is not None:
             changes["max_output_tokens"] = min(1024, s.max_output_tokens)
+        if s.tools is not None:
+            changes["tools"] = s.tools
+        if s.tool_choice is not None:
+            changes["tool_choice"] = s.tool_choice
+        _check_tool_choice(changes.get("tools", self.agent.config.tools),
+                           changes.get("tool_choice", self.agent.config.tool_choice),
+                           "session.tool_choice")
         # All checks passed: apply.
         if s.input_format and s.input_format.rate != self.input_rate:
             self.input_rate = s.input_format.rate
@@ -244,12 +253,18 @@ class RealtimeSession:
                   "create_response": cfg.create_response,
                   "interrupt_response": cfg.interrupt_response}
         transcription = {"model": "whisper", "language": cfg.language}
+        tools = [{"type": "function", "name": t.name, "description": t.description,
+                  "parameters": t.parameters} for t in cfg.tools]
+        choice = cfg.tool_choice
+        if choice.startswith("function:"):
+            choice = {"type": "function", "name": choice.split(":", 1)[1]}
         if self.beta:
             return {"id": self.id, "object": "realtime.session", "model": self.model,
                     "modalities": self.output_modalities, "instructions": cfg.instructions,
                     "voice": cfg.voice or "joe", "input_audio_format": "pcm16",
                     "output_audio_format": "pcm16", "turn_detection": td,
-                    "input_audio_transcription": transcription}
+                    "input_audio_transcription": transcription, "tools": tools,
+                    "tool_choice": choice}
         session = {
             "id": self.id, "object": "realtime.session", "type": self.kind,
             "audio": {"input": {"format": {"type": "audio/pcm", "rate": self.input_rate},
@@ -260,6 +275,7 @@ class RealtimeSession:
                 "model": self.model, "instructions": cfg.instructions,
                 "output_modalities": self.output_modalities,
                 "max_output_tokens": cfg.max_output_tokens,
+                "tools": tools, "tool_choice": choice,
             })
             session["audio"]["output"] = {
                 "format": {"type": "audio/pcm", "rate": cfg.output_rate},
@@ -320,7 +336,11 @@ class RealtimeSession:
         if self.agent.responding:
             raise ProtocolError("conversation_already_has_active_response",
                                 "a response is in progress; cancel it first")
-        self.agent.start_response(event.instructions)
+        tools = self.agent.config.tools if event.tools is None else event.tools
+        _check_tool_choice(tools, event.tool_choice or self.agent.config.tool_choice,
+                           "response.tool_choice")
+        self.agent.start_response(event.instructions, tools=event.tools,
+                                  tool_choice=event.tool_choice)
 
     async def _response_cancel(self, event: E.ResponseCancel) -> None:
         if not self.agent.responding:
@@ -333,6 +353,22 @@ class RealtimeSession:
         self.emit("conversation.item.added", previous_item_id=None, item={
             "id": item_id, "type": "message", "role": event.role, "status": "completed",
             "content": [{"type": "input_text", "text": event.text}]})
+
+    async def _function_item_create(self, event: E.FunctionItemCreate) -> None:
+        """The client's result for a call (or a call it puts into the history)."""
+        if self.kind != "realtime":
+            raise ProtocolError("not_supported", "transcription sessions have no "
+                                "conversation items")
+        item_id = self.agent.add_function_item(
+            event.type, event.call_id, output=event.output, name=event.name,
+            arguments=event.arguments, item_id=event.item_id)
+        item = {"id": item_id, "object": "realtime.item", "type": event.type,
+                "status": "completed", "call_id": event.call_id}
+        if event.type == "function_call_output":
+            item["output"] = event.output
+        else:
+            item.update(name=event.name, arguments=event.arguments)
+        self.emit("conversation.item.added", previous_item_id=None, item=item)
 
     async def _item_truncate(self, event: E.ItemTruncate) -> None:
         """The client played only ``audio_end_ms`` of an assistant item: the history keeps
@@ -441,6 +477,8 @@ class RealtimeSession:
         await emit("response.created", response={
        "id": fr.response_id, "object": "realtime.response", "status": "in_progress",
        "output": [], "output_modalities": self.output_modalities})
+        if not fr.message:  # only function calls: their items come with the end
+            return
         await emit("response.output_item.added", response_id=fr.response_id,
                    output_index=0, item=item)
         await emit("conversation.item.added", previous_item_id=None, item=item)
@@ -449,6 +487,43 @@ class RealtimeSession:
                    item_id=fr.item_id, output_index=0, content_index=0, part=part)
 
     async def _response_done(self, fr: F.ResponseDone) -> None:
+        output = [await self._message_done(fr)] if fr.message else []
+        for call in fr.calls:
+            output.append(await self._function_call(fr.response_id, len(output), call))
+        details = None
+        if fr.status == "cancelled":
+            details = {"type": "cancelled", "reason": fr.reason}
+        elif fr.status == "failed":
+            details = {"type": "failed", "error": {"type": "server_error",
+                                                   "code": fr.error_code,
+                                                   "message": fr.reason}}
+        await self._send_event("response.done", response={
+       "id": fr.response_id, "object": "realtime.response", "status": fr.status,
+       "status_details": details, "output": output,
+       "output_modalities": self.output_modalities,
+       "audio_s": round(fr.audio_s, 3)})
+
+    async def _function_call(self, response_id: str, index: int, call: ToolCall) -> dict:
+        """A function_call output item: added, its arguments (in one delta: the model
+        says a call whole), done."""
+        emit = self._send_event
+        item = {"id": call.item_id, "object": "realtime.item", "type": "function_call",
+                "status": "in_progress", "name": call.name, "call_id": call.call_id,
+                "arguments": ""}
+        ids = {"response_id": response_id, "item_id": call.item_id, "output_index": index,
+               "call_id": call.call_id}
+        await emit("response.output_item.added", response_id=response_id,
+                   output_index=index, item=item)
+        await emit("conversation.item.added", previous_item_id=None, item=item)
+        await emit("response.function_call_arguments.delta", delta=call.arguments, **ids)
+        await emit("response.function_call_arguments.done", name=call.name,
+                   arguments=call.arguments, **ids)
+        item = {**item, "status": "completed", "arguments": call.arguments}
+        await emit("response.output_item.done", response_id=response_id,
+                   output_index=index, item=item)
+        return item
+
+    async def _message_done(self, fr: F.ResponseDone) -> dict:
         emit = self._send_event
         audio = "audio" in self.output_modalities
         ids = {"response_id": fr.response_id, "item_id": fr.item_id, "output_index": 0,
@@ -467,14 +542,13 @@ class RealtimeSession:
                 "role": "assistant", "status": status, "content": [part]}
         await emit("response.output_item.done", response_id=fr.response_id,
                    output_index=0, item=item)
-        details = None
-        if fr.status == "cancelled":
-            details = {"type": "cancelled", "reason": fr.reason}
-        elif fr.status == "failed":
-            details = {"type": "failed", "error": {"type": "server_error",
-                                                   "message": fr.reason}}
-        await emit("response.done", response={
-       "id": fr.response_id, "object": "realtime.response", "status": fr.status,
-       "status_details": details, "output": [item],
-       "output_modalities": self.output_modalities,
-       "audio_s": round(fr.audio_s, 3)})
+        return item
+
+
+def _check_tool_choice(tools: tuple[Tool, ...], choice: str, param: str) -> None:
+    """A named tool_choice must name one of the tools."""
+    if choice.startswith("function:"):
+        name = choice.split(":", 1)[1]
+        if not any(t.name == name for t in tools):
+            raise ProtocolError("invalid_tool_choice", f"tool_choice names {name!r}, which "
+                                "is not one of the tools", param)

@@ -121,7 +121,11 @@ class FakeSTT:
 
 class FakeLLM:
     """Answers with ``reply`` word by word, after ``first_token_s``, one token per
-    ``token_s``. Records every request and whether it was cancelled."""
+    ``token_s``. Records every request and whether it was cancelled.
+
+    Function calls: when a request has tools and ``tool_calls`` holds a script, the
+    next scripted list of calls ({"name", "arguments"}) comes on the last token
+    (after ``call_text``, "" for a reply that is only calls), ``call_s`` later."""
 
     def __init__(self, clock: FakeClock, reply: str = "Sure. The answer is forty two.", *,
                  first_token_s: float = 0.1, token_s: float = 0.02) -> None:
@@ -129,20 +133,32 @@ class FakeLLM:
         self.reply = reply
         self.first_token_s, self.token_s = first_token_s, token_s
         self.requests: list[list[dict]] = []
+        self.tool_requests: list[tuple[list[dict] | None, str]] = []
+        self.tool_calls: list[list[dict]] = []
+        self.call_text = ""
+        self.call_s = 0.2
         self.cancelled = 0
         self.finished = 0
 
     async def chat(self, messages: list[dict], *, max_tokens: int,
-                   temperature: float | None, seed: int | None) -> AsyncIterator[Token]:
+                   temperature: float | None, seed: int | None,
+                   tools: list[dict] | None = None,
+                   tool_choice: str = "auto") -> AsyncIterator[Token]:
         self.requests.append(messages)
-        words = self.reply.split(" ")
+        self.tool_requests.append((tools, tool_choice))
+        calls = self.tool_calls.pop(0) if tools and self.tool_calls else []
+        text = self.call_text if calls else self.reply
+        words = text.split(" ") if text else []
         try:
             await self.clock.sleep(self.first_token_s)
             for i, word in enumerate(words):
                 if i:
                     await self.clock.sleep(self.token_s)
-                last = i == len(words) - 1
+                last = i == len(words) - 1 and not calls
                 yield Token(word if i == 0 else " " + word, "stop" if last else "")
+            if calls:
+                await self.clock.sleep(self.call_s)
+                yield Token("", "stop", list(calls))
             self.finished += 1
         except (asyncio.CancelledError, GeneratorExit):
             self.cancelled += 1
