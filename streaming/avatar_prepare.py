@@ -1,8 +1,9 @@
 """`rtmedia avatar prepare PHOTO`: turn a photo into an avatar in the model store.
 
 Finds the face, eyes and mouth once with OpenCV's Haar cascades (they ship inside
-the opencv-python-headless wheel: nothing to download), crops a square portrait
-and writes it with its annotation to ``avatar/<name>/``.
+the opencv-python-headless wheel: nothing to download), the lip landmarks the warp
+renderer moves (pipelines/avatar.py) from the mouth, crops a square portrait and
+writes it with its annotation to ``avatar/<name>/``.
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
-from pipelines.avatar import Annotation, Avatar, Box, crop_portrait
+from pipelines.avatar import Annotation, Avatar, Box, Lips, crop_portrait
 from streaming.model_store import Manifest, ModelStore, ModelStoreError
 
 
@@ -56,7 +57,39 @@ def detect(image: np.ndarray) -> Annotation:
         mouth = Box(x + mx + mw / 2, y + h // 2 + my + mh / 2, mw, mh)
     else:
         mouth = Box(x + w / 2, y + h * 0.78, w * 0.4, h * 0.18)
-    return Annotation(face, tuple(sorted(eye_boxes, key=lambda b: b.cx)), mouth)
+    return Annotation(face, tuple(sorted(eye_boxes, key=lambda b: b.cx)), mouth,
+                      find_lips(gray, mouth, face))
+
+
+def find_lips(gray: np.ndarray, mouth: Box, face: Box) -> Lips:
+    """Lip landmarks from the mouth box: typical proportions, with the parting line (the
+    darkest row across the middle of the mouth, or the lower edge of visible teeth) and
+    the corners (the darkest points at either end of that line) read from the photo."""
+    lips = Lips.from_box(mouth, face)
+    x0, x1 = int(mouth.cx - mouth.w * 0.2), int(mouth.cx + mouth.w * 0.2)
+    y0, y1 = int(mouth.cy - mouth.h * 0.35), int(mouth.cy + mouth.h * 0.4)
+    band = gray[max(0, y0):y1, max(0, x0):x1].astype(np.float32)
+    if band.shape[0] < 4 or band.shape[1] < 2:
+        return lips
+    rows = band.mean(axis=1)
+    # teeth: the largest fall in brightness going down marks their lower edge
+    fall = rows[:-1] - rows[1:]
+    split_y = y0 + (int(np.argmax(fall)) + 1 if fall.max() > 25 else int(np.argmin(rows)))
+    cx = mouth.cx
+    corners = []
+    for side in (-1, 1):
+        xs = np.arange(int(cx + side * mouth.w * 0.3), int(cx + side * mouth.w * 0.55), side)
+        ys = np.arange(int(split_y - mouth.h * 0.3), int(split_y + mouth.h * 0.1))
+        xs = xs[(xs >= 0) & (xs < gray.shape[1])]
+        ys = ys[(ys >= 0) & (ys < gray.shape[0])]
+        if xs.size == 0 or ys.size == 0:
+            return lips
+        patch = gray[np.ix_(ys, xs)].astype(np.float32)
+        iy, ix = np.unravel_index(int(np.argmin(patch)), patch.shape)
+        corners.append((float(xs[ix]), float(ys[iy])))
+    lip_h = lips.bottom[1] - lips.split[1]
+    return Lips(corners[0], corners[1], (cx, min(lips.top[1], split_y - 2.0)),
+                (cx, float(split_y)), (cx, split_y + lip_h), lips.chin)
 
 
 def prepare(store: ModelStore, photo: Path, name: str) -> Path:

@@ -48,7 +48,12 @@ class DefaultModel:
 ASTRONAUT = {"face": {"cx": 223.5, "cy": 113.5, "w": 93, "h": 93},
              "eyes": [{"cx": 201.5, "cy": 99.5, "w": 23, "h": 23},
                       {"cx": 248.5, "cy": 102.5, "w": 21, "h": 21}],
-             "mouth": {"cx": 223.5, "cy": 141.0, "w": 57, "h": 28}}
+             "mouth": {"cx": 223.5, "cy": 141.0, "w": 57, "h": 28},
+             # the lips, measured once on the photo (corners, upper lip top, bottom of
+             # the upper teeth where the lips part, lower lip bottom, chin)
+             "lips": {"left": [202.5, 140.5], "right": [244.0, 142.5],
+                      "top": [223.0, 139.0], "split": [223.0, 149.0],
+                      "bottom": [224.0, 154.5], "chin": [223.0, 182.0]}}
 
 
 def build_astronaut(folder: Path) -> None:

@@ -40,10 +40,10 @@ class TritonPythonModel:
 
                 gpu = args.get("model_instance_kind") == "GPU"
                 self.wav2lip = Wav2LipRenderer(ckpts[0], device="cuda" if gpu else "cpu")
-            except ImportError as exc:  # torch missing: the sprite renderer still works
+            except ImportError as exc:  # torch missing: the warp renderer still works
                 if renderer == "wav2lip":
                     raise pb_utils.TritonModelException(f"wav2lip needs torch: {exc}") from None
-        self.renderer = "wav2lip" if self.wav2lip else "sprites"
+        self.renderer = "wav2lip" if self.wav2lip else "warp"
 
     def _avatar(self, name: str):
         from pipelines.avatar import Avatar
