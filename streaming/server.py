@@ -414,7 +414,7 @@ async def realtime_call(request: web.Request) -> web.Response:
     rtc = WebRTCSession(request.app[ROUTER], avatar, settings.avatar_name, kind=kind,
                         ice_servers=settings.ice_servers,
                         limits=Limits(max_message_bytes=settings.max_message_bytes),
-                        on_closed=closed)
+                        on_closed=closed, max_send_buffer_bytes=settings.max_send_buffer_bytes)
     rtc.media.video.audio_lead_s = settings.av_audio_lead_ms / 1000
     sessions.add(rtc)
     M.SESSIONS_ACTIVE.labels("webrtc").inc()

@@ -266,19 +266,64 @@ class AvatarMedia:
                 await task
 
 
+class ChannelSender:
+    """Events to the data channel, bounded: aiortc queues every message a peer has not
+    acknowledged (and ours before the channel opens) without limit, so a peer that
+    stops reading would grow the server's memory for as long as its call lasts.
+    Past ``max_bytes`` unsent the peer is dropped instead (``on_overflow``)."""
+
+    def __init__(self, max_bytes: int, on_overflow) -> None:
+        self.channel = None
+        self.max_bytes = max_bytes
+        self._pending: list[str] = []
+        self._pending_bytes = 0
+        self._on_overflow = on_overflow
+        self.overflowed = False
+
+    def attach(self, channel) -> None:
+        self.channel = channel
+        if channel.readyState == "open":
+            self.flush()
+
+    def flush(self) -> None:
+        for data in self._pending:
+            self.channel.send(data)
+        self._pending.clear()
+        self._pending_bytes = 0
+
+    def send(self, data: str) -> None:
+        if self.overflowed:
+            raise ConnectionError("peer not reading")
+        channel = self.channel
+        if channel is not None and channel.readyState == "open":
+            unsent = channel.bufferedAmount
+        else:
+            unsent = self._pending_bytes
+        if unsent + len(data) > self.max_bytes:
+            self.overflowed = True
+            self._pending.clear()
+            self._on_overflow(f"{unsent} bytes unsent on the data channel")
+            raise ConnectionError("peer not reading")
+        if channel is not None and channel.readyState == "open":
+            channel.send(data)
+        else:
+            self._pending.append(data)
+            self._pending_bytes += len(data)
+
+
 class WebRTCSession:
     """One peer connection: inbound mic audio -> the session; events on 'oai-events'."""
 
     def __init__(self, router: ModelRouter, avatar: Avatar, avatar_name: str, *,
                  kind: str = "realtime", ice_servers: list[dict] | None = None,
                  limits: Limits | None = None, on_closed=None,
-                 services: Services | None = None):
+                 services: Services | None = None, max_send_buffer_bytes: int = 1 << 20):
         allow_loopback_candidates()
         servers = [RTCIceServer(**s) for s in (ice_servers or [])]
         self.pc = RTCPeerConnection(RTCConfiguration(iceServers=servers))
         self.media = AvatarMedia(router, avatar, avatar_name)
         self.channel = None
-        self._pending: list[str] = []
+        self.sender = ChannelSender(max_send_buffer_bytes, self._not_reading)
         # Data-channel messages are handled one at a time, in order, by one task.
         self._inbox: asyncio.Queue[str | bytes] = asyncio.Queue()
         self._on_closed = on_closed
@@ -293,23 +338,19 @@ class WebRTCSession:
         self.pc.on("connectionstatechange", self._on_state)
 
     async def _send(self, event: dict) -> None:
-        data = json.dumps(event, separators=(",", ":"))
-        if self.channel is not None and self.channel.readyState == "open":
-            self.channel.send(data)
-        elif not self.closed:
-            self._pending.append(data)
+        if self.closed:
+            raise ConnectionError("peer connection closed")
+        self.sender.send(json.dumps(event, separators=(",", ":")))
+
+    def _not_reading(self, reason: str) -> None:
+        M.ERRORS.labels("client_not_reading").inc()
+        log.info("webrtc session %s: %s; closing it", self.session.id, reason)
+        self._spawn(self.close())
 
     def _on_datachannel(self, channel) -> None:
         self.channel = channel
-
-        @channel.on("open")
-        def _flush() -> None:
-            for data in self._pending:
-                channel.send(data)
-            self._pending.clear()
-
-        if channel.readyState == "open":
-            _flush()
+        channel.on("open", self.sender.flush)
+        self.sender.attach(channel)
 
         @channel.on("message")
         def _message(message) -> None:
