@@ -217,13 +217,57 @@ class Origins:
 
 
 # -- the policy --------------------------------------------------------------------------
+class FailedAttempts:
+    """Wrong credentials per client address: after ``limit`` within ``window_s`` the
+    address gets 429 until its oldest failure ages out, so a key cannot be guessed at
+    request rate. Requests without any credential are not counted (pages, probes).
+    Per process and in memory; the address is the peer's (behind a proxy, the proxy's
+    own address is shared, so keep the limit above what one proxy sees go wrong)."""
+
+    def __init__(self, limit: int = 30, window_s: float = 60.0, max_addresses: int = 10_000,
+                 clock: Callable[[], float] = time.monotonic):
+        self.limit, self.window_s, self.max_addresses = limit, window_s, max_addresses
+        self._clock = clock
+        self._failures: dict[str, list[float]] = {}
+
+    def _recent(self, address: str) -> list[float]:
+        cutoff = self._clock() - self.window_s
+        times = [t for t in self._failures.get(address, ()) if t > cutoff]
+        if times:
+            self._failures[address] = times
+        else:
+            self._failures.pop(address, None)
+        return times
+
+    def retry_after(self, address: str) -> float:
+        """Seconds until ``address`` may try again; 0 when it may now."""
+        if self.limit <= 0:
+            return 0.0
+        times = self._recent(address)
+        if len(times) < self.limit:
+            return 0.0
+        return max(0.0, times[-self.limit] + self.window_s - self._clock())
+
+    def record(self, address: str) -> None:
+        if self.limit <= 0:
+            return
+        if address not in self._failures and len(self._failures) >= self.max_addresses:
+            for stale in [a for a in self._failures if not self._recent(a)]:
+                del self._failures[stale]
+            if len(self._failures) >= self.max_addresses:  # still full: oldest out
+                del self._failures[next(iter(self._failures))]
+        self._failures.setdefault(address, []).append(self._clock())
+
+
 class Auth:
     def __init__(self, api_key: str | None, store: SecretStore | None = None,
-                 origins: Origins | None = None, demo_pages_mint: bool = False):
+                 origins: Origins | None = None, demo_pages_mint: bool = False,
+                 failures: FailedAttempts | None = None):
         self._key = api_key.encode("utf-8", "surrogatepass") if api_key else None
         self.store = store or MemorySecretStore()
         self.origins = origins or Origins()
         self.demo_pages_mint = demo_pages_mint
+        self.failures = failures or FailedAttempts()
 
     @property
     def enabled(self) -> bool:
@@ -270,6 +314,14 @@ def unauthorized(message: str = "missing or invalid API key or client secret") -
         status=401, headers={"WWW-Authenticate": 'Bearer realm="rtmedia"'})
 
 
+def too_many_failures(retry_after: float) -> web.Response:
+    return web.json_response(
+        {"error": {"type": "invalid_request_error", "code": "too_many_failed_attempts",
+                   "message": "too many requests with a wrong API key or client secret "
+                   f"from this address; retry in {retry_after:.0f} s"}},
+        status=429, headers={"Retry-After": str(max(1, round(retry_after)))})
+
+
 def forbidden_origin() -> web.Response:
     return web.json_response(
         {"error": {"type": "invalid_request_error", "code": "origin_not_allowed",
@@ -306,12 +358,16 @@ def middleware(auth: Auth, required: Callable[[web.Request], Access]):
         cross = origin is not None and not Origins.is_same_origin(origin, request)
         if request.method == "OPTIONS" and "Access-Control-Request-Method" in request.headers:
             return web.Response(status=204, headers=cors_headers(origin or "*", request, True))
+        address = request.remote or "?"
+        wait = auth.failures.retry_after(address) if _has_credential(request) else 0.0
+        if wait > 0:
+            return too_many_failures(wait)
         access = await auth.identify(request)
         request[ACCESS] = access
         need = required(request)
         if access < need:
-            log.info("refused %s %s from %s: %s", request.method, request.path,
-                     request.remote, "credential not valid here" if _has_credential(request)
+            log.info("refused %s %s from %s: %s", request.method, request.path, address,
+                     "credential not valid here" if _has_credential(request)
                      else "no credential")
             response: web.StreamResponse = unauthorized()
         else:
@@ -321,6 +377,8 @@ def middleware(auth: Auth, required: Callable[[web.Request], Access]):
                 if cross:
                     exc.headers.update(cors_headers(origin, request, False))
                 raise
+        if response.status == 401 and access == Access.NONE and _has_credential(request):
+            auth.failures.record(address)  # a wrong credential (not a weak one)
         if cross and not response.prepared:
             response.headers.update(cors_headers(origin, request, False))
         return response

@@ -404,3 +404,36 @@ async def test_demo_pages_mint(tmp_path):
         async with s.client.post(s.http + "/v1/realtime/client_secrets",
                                  headers={"Origin": same}) as r:
             assert r.status == 401
+
+
+def test_failed_attempts_window():
+    now = [0.0]
+    failures = auth.FailedAttempts(limit=3, window_s=60, max_addresses=2, clock=lambda: now[0])
+    for _ in range(3):
+        assert failures.retry_after("10.0.0.1") == 0
+        failures.record("10.0.0.1")
+        now[0] += 10
+    assert failures.retry_after("10.0.0.1") == pytest.approx(30)  # first failure at 0
+    assert failures.retry_after("10.0.0.2") == 0  # per address
+    now[0] = 61
+    assert failures.retry_after("10.0.0.1") == 0  # the oldest aged out
+    failures.record("10.0.0.2")
+    failures.record("10.0.0.3")  # table full: an address leaves, memory stays bounded
+    assert len(failures._failures) <= 2
+
+
+async def test_wrong_keys_are_rate_limited_per_address(tmp_path):
+    settings = keyed_settings(tmp_path)
+    async with serve(settings) as s:
+        from streaming.server import AUTH
+
+        s.app[AUTH].failures = auth.FailedAttempts(limit=5, window_s=60)
+        wrong = {"Authorization": "Bearer " + KEY[:-1] + "x"}
+        secrets = "/v1/realtime/client_secrets"
+        codes = [(await http_status(s, "POST", secrets, wrong, json={}))[0] for _ in range(6)]
+        assert codes == [401] * 5 + [429]
+        status, body = await http_status(s, "POST", secrets, wrong, json={})
+        assert status == 429 and body["error"]["code"] == "too_many_failed_attempts"
+        assert await ws_status(s, protocols=["realtime", auth.KEY_PROTOCOL + "ek_wrong"]) == 429
+        # no credential (pages, probes) is not counted and not refused
+        assert (await http_status(s, "GET", "/healthz", {}))[0] == 200
