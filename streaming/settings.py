@@ -95,6 +95,21 @@ class Settings:
     global_max_sessions: int = 0
     # How long a closed session's state (history, settings) can be resumed
     session_state_ttl_s: float = 3600.0
+    # Heavy models (multimodal, video): loaded on first use, unloaded after this idle time
+    # (0: never) or least-recently-used first when loading another would pass the memory
+    # budget (MB of weights, per heavy Triton; 0: no budget)
+    heavy_idle_unload_s: float = 600.0
+    heavy_memory_budget_mb: int = 0
+    # Requests running per heavy model on this replica, and how many more may wait;
+    # beyond that a request is refused as busy (HTTP 429, Realtime error code "busy")
+    heavy_max_concurrent: int = 1
+    heavy_max_queue: int = 4
+    # POST /v1/chat/completions: largest request body (images and videos inline as data
+    # URLs), folders a video may be named from (file://PATH), frames sampled per video
+    chat_max_body_bytes: int = 32 << 20
+    video_dirs: tuple = ()
+    video_max_frames: int = 8
+    video_max_seconds: float = 300.0
 
     @classmethod
     def from_env(cls) -> Settings:
@@ -143,6 +158,14 @@ class Settings:
             redis_url=_env("REDIS_URL", ""),
             global_max_sessions=int(_env("GLOBAL_MAX_SESSIONS", "0")),
             session_state_ttl_s=float(_env("SESSION_STATE_TTL_S", "3600")),
+            heavy_idle_unload_s=float(_env("HEAVY_IDLE_UNLOAD_S", "600")),
+            heavy_memory_budget_mb=int(_env("HEAVY_MEMORY_BUDGET_MB", "0")),
+            heavy_max_concurrent=int(_env("HEAVY_MAX_CONCURRENT", "1")),
+            heavy_max_queue=int(_env("HEAVY_MAX_QUEUE", "4")),
+            chat_max_body_bytes=int(_env("CHAT_MAX_BODY_BYTES", str(32 << 20))),
+            video_dirs=tuple(d for d in _env("VIDEO_DIRS", "").split(os.pathsep) if d),
+            video_max_frames=int(_env("VIDEO_MAX_FRAMES", "8")),
+            video_max_seconds=float(_env("VIDEO_MAX_SECONDS", "300")),
         )
 
     def triton_keepalive(self) -> Keepalive:
