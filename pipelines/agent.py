@@ -36,13 +36,13 @@ from pipelines import frames as F
 from pipelines.clock import SYSTEM_CLOCK, Clock
 from pipelines.conversation import Conversation, UnknownItem
 from pipelines.ids import new_id
+from pipelines.languages import answer_in, base, is_english
 from pipelines.playout import AudioSink, PacedDeltaSink, Playout
 from pipelines.responder import AudioOut, ReplyOptions, Responder, TextOut, ToolCallsOut
 from pipelines.services import Services
 from pipelines.tools import InvalidToolCall, Tool, ToolCall, check_call, chosen_tools
 from pipelines.transcriber import Utterance
 from pipelines.triton_client import TritonModelError, TritonUnavailable
-from pipelines.languages import answer_in, base, is_english
 from pipelines.turns import SemanticEndOfTurn, SemanticTurn, TurnDetector
 from pipelines.vad import RATE, VadConfig
 
@@ -142,7 +142,7 @@ class VoiceAgent:
         self.config = replace(self.config, **changes)
         if vad_changed:
             self.turns = TurnDetector(self.config.vad, self._vad_classifier)
-        if vad_changed or semantic_changed:
+        if semantic_changed:
             if self.end_of_turn is not None:
                 self.end_of_turn.cancel()
             self.end_of_turn = self._end_of_turn()
@@ -195,7 +195,7 @@ class VoiceAgent:
                 await self._speech_started(ev.at_ms, ev.audio)
             elif ev.kind == "paused":
                 if self.end_of_turn is not None:
-                    self.end_of_turn.paused()
+                    self.end_of_turn.paused(self.turns)
                 self._speech_paused()
             elif ev.kind == "resumed":
                 if self.end_of_turn is not None:
@@ -209,7 +209,7 @@ class VoiceAgent:
     def _end_of_turn(self) -> SemanticEndOfTurn | None:
         if self.config.semantic is None:
             return None
-        return SemanticEndOfTurn(self.turns, self.config.semantic, self.services.turn)
+        return SemanticEndOfTurn(self.config.semantic, self.services.turn)
 
     async def _speech_started(self, at_ms: int, prefix: np.ndarray | None) -> None:
         # A new turn: a speculative reply started during it shares this object, so
@@ -295,6 +295,9 @@ class VoiceAgent:
         self._emit(F.ErrorFrame("transcription_failed", message))
 
     def _final(self, utt: Utterance, text: str, details: dict) -> None:
+        if self.config.language == "auto" and details.get("language"):
+            heard = base(details["language"])  # answer in what the user spoke
+            self._heard_language = None if is_english(heard) else heard
         if utt.speculative and not utt.confirmed:
             cfg = self.config
             if text.strip() and cfg.respond and cfg.create_response and not self.responding:
@@ -310,9 +313,6 @@ class VoiceAgent:
             self._turn.transcript = now
             self._metric("stt_final", now)
         self._emit(F.TranscriptCompleted(utt.item_id, text, details, utt.sent_samples / RATE))
-        if self.config.language == "auto":  # answer in what the user spoke
-            heard = base(details.get("language"))
-            self._heard_language = None if is_english(heard) else heard
         hold, self._hold = self._hold, None
         if not self.config.respond or not text.strip():
             if hold is not None:

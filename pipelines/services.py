@@ -20,8 +20,9 @@ from typing import Protocol
 
 import numpy as np
 
+from pipelines.languages import multilingual_stt
 from pipelines.router import ModelRouter
-from pipelines.triton_client import TritonClient, TritonStream
+from pipelines.triton_client import TritonClient, TritonModelError, TritonStream
 
 STT_RATE = 16000
 # Triton sequence ids are shared by every client of a server: start at a random point
@@ -155,11 +156,16 @@ class TTS(Protocol):
                    language: str | None) -> AsyncIterator[AudioChunk]: ...
 
 
+class TurnJudge(Protocol):
+    async def complete(self, audio: np.ndarray) -> float: ...
+
+
 @dataclass
 class Services:
     stt: STT
     llm: LLM
     tts: TTS
+    turn: TurnJudge | None = None  # end-of-turn model, for semantic_vad
 
 
 @dataclass
@@ -167,7 +173,8 @@ class TritonSTT:
     router: ModelRouter
 
     def open(self, language: str | None = None) -> STTStream:
-        route = self.router.route("stt")
+        # another language than English, or "auto": the multilingual Whisper
+        route = self.router.route("stt_multilingual" if multilingual_stt(language) else "stt")
         return STTStream(route.client, model=route.model, language=language)
 
 
@@ -195,5 +202,24 @@ class TritonTTS:
                           language=language)
 
 
+@dataclass
+class TritonTurnJudge:
+    """The end-of-turn model (smart_turn): the turn's last 8 s in, P(complete) out."""
+
+    router: ModelRouter
+
+    async def complete(self, audio: np.ndarray) -> float:
+        route = self.router.route("turn")
+        audio = np.asarray(audio, dtype=np.float32).reshape(-1)[-8 * STT_RATE:]
+        p = None
+        async with route.client.stream() as stream:
+            async for r in stream.infer(route.model, {"AUDIO": audio.reshape(1, -1)}):
+                p = float(r.outputs["PROBABILITY"].reshape(-1)[0])
+        if p is None:
+            raise TritonModelError(f"{route.model} gave no answer")
+        return p
+
+
 def triton_services(router: ModelRouter) -> Services:
-    return Services(TritonSTT(router), TritonLLM(router), TritonTTS(router))
+    return Services(TritonSTT(router), TritonLLM(router), TritonTTS(router),
+                    TritonTurnJudge(router))

@@ -62,6 +62,10 @@ class VoiceActivity:
         self.speaking = False
         self._silent_frames = 0
         self.frames = 0  # 20 ms frames consumed
+        # The silence that ends the current pause's turn: config.silence_ms, unless the
+        # end-of-turn model (semantic_vad) shortened it for this pause; reset when
+        # speech starts or resumes.
+        self.end_silence_ms = self.config.silence_ms
 
     @property
     def now_ms(self) -> int:
@@ -84,6 +88,7 @@ class VoiceActivity:
                 if sum(self._recent) * FRAME_MS >= self.config.start_ms:
                     self.speaking = True
                     self._silent_frames = 0
+                    self.end_silence_ms = self.config.silence_ms
                     # onset: the first voiced frame of the window, not the window's start
                     first = list(self._recent).index(True)
                     start = self.now_ms - (len(self._recent) - first) * FRAME_MS
@@ -92,10 +97,11 @@ class VoiceActivity:
                 pause = self.config.pause_ms
                 if voiced and pause and self._silent_frames * FRAME_MS >= pause:
                     events.append(VadEvent("speech_resumed", self.now_ms))
+                    self.end_silence_ms = self.config.silence_ms
                 self._silent_frames = 0 if voiced else self._silent_frames + 1
                 if pause and self._silent_frames * FRAME_MS == pause < self.config.silence_ms:
                     events.append(VadEvent("speech_paused", self.now_ms - pause))
-                if self._silent_frames * FRAME_MS >= self.config.silence_ms:
+                if self._silent_frames * FRAME_MS >= self.end_silence_ms:
                     self.speaking = False
                     self._recent.clear()
                     end = self.now_ms - self._silent_frames * FRAME_MS
@@ -106,4 +112,5 @@ class VoiceActivity:
     def reset(self) -> None:
         self.speaking = False
         self._silent_frames = 0
+        self.end_silence_ms = self.config.silence_ms
         self._recent.clear()

@@ -139,6 +139,16 @@ DEFAULT_MODELS: tuple[DefaultModel, ...] = (
         (Part("silero-vad", "6.2.3", "silero_vad/data/silero_vad.onnx", "silero_vad.onnx"),),
         {"silero_vad.onnx": "1a153a22f4509e292a94e67d6f9b85e8deb25b4988682b7e174c65279d8788e3"},
     ),
+    DefaultModel(
+        "stt", "smart-turn-v3.2",
+        "smart-turn v3.2 end-of-turn classifier, ONNX int8 (Whisper-tiny encoder; "
+        "Triton model smart_turn)", "BSD-2-Clause",
+        (Part("pipecat-ai", "1.14.0",
+              "pipecat/audio/turn/smart_turn/data/smart-turn-v3.2-cpu.onnx",
+              "smart-turn-v3.2-cpu.onnx"),),
+        {"smart-turn-v3.2-cpu.onnx":
+         "2bb026316b14a660486a75b1733cd3fbab8c2fd0314dc9af7be49f8cca967e4f"},
+    ),
 )
 
 

@@ -50,6 +50,7 @@ class TurnDetection:
     prefix_padding_ms: int | None = None
     create_response: bool | None = None
     interrupt_response: bool | None = None
+    eagerness: str | None = None  # semantic_vad: low | medium | high | auto
 
 
 @dataclass(frozen=True)
@@ -243,12 +244,18 @@ def _turn_detection(value: Any, path: str) -> TurnDetection | None:
     if kind not in ("server_vad", "semantic_vad"):
         raise ProtocolError(code, f"turn_detection type {kind!r} is not supported; use "
                             "server_vad or semantic_vad", _at(path, "type"))
+    eagerness = _str(value, "eagerness", path, 16, code)
+    if eagerness is not None and (kind != "semantic_vad" or
+                                  eagerness not in ("low", "medium", "high", "auto")):
+        raise ProtocolError(code, "eagerness is for semantic_vad and one of low, medium, "
+                            "high, auto", _at(path, "eagerness"))
     return TurnDetection(
         kind, _num(value, "threshold", path, 0.0, 1.0, code),
         _int(value, "silence_duration_ms", path, 100, 5000, code),
         _int(value, "prefix_padding_ms", path, 0, 2000, code),
         _bool(value, "create_response", path, code),
-        _bool(value, "interrupt_response", path, code))
+        _bool(value, "interrupt_response", path, code),
+        eagerness if kind == "semantic_vad" else None)
 
 
 MAX_TOOLS = 64

@@ -29,7 +29,8 @@ from pipelines.playout import AudioSink, PacedDeltaSink
 from pipelines.router import ModelRouter
 from pipelines.services import Services, triton_services
 from pipelines.tools import Tool, ToolCall
-from pipelines.vad import RATE
+from pipelines.turns import SEMANTIC
+from pipelines.vad import RATE, VadConfig
 from streaming import events as E
 from streaming import metrics as M
 from streaming.events import ProtocolError, parse_event
@@ -233,10 +234,18 @@ class RealtimeSession:
         aggressiveness = vad.aggressiveness
         if td.threshold is not None:
             aggressiveness = min(3, int(td.threshold * 4))
+        semantic = None
+        if td.type == "semantic_vad":  # the end-of-turn model sets the silence per pause
+            semantic = SEMANTIC[td.eagerness or "auto"]
+            silence = semantic.incomplete_ms
+        elif self.agent.config.semantic is not None:  # back from semantic_vad
+            silence = td.silence_duration_ms or VadConfig.silence_ms
+        else:
+            silence = td.silence_duration_ms or vad.silence_ms
         return {
             "turn_detection": True,
-            "vad": replace(vad, aggressiveness=aggressiveness,
-                           silence_ms=td.silence_duration_ms or vad.silence_ms,
+            "semantic": semantic,
+            "vad": replace(vad, aggressiveness=aggressiveness, silence_ms=silence,
                            prefix_padding_ms=vad.prefix_padding_ms
                            if td.prefix_padding_ms is None else td.prefix_padding_ms),
             "create_response": td.create_response is not False,
@@ -246,7 +255,11 @@ class RealtimeSession:
     def describe(self) -> dict:
         cfg = self.agent.config
         td = None
-        if cfg.turn_detection:
+        if cfg.turn_detection and cfg.semantic is not None:
+            td = {"type": "semantic_vad", "eagerness": cfg.semantic.eagerness,
+                  "create_response": cfg.create_response,
+                  "interrupt_response": cfg.interrupt_response}
+        elif cfg.turn_detection:
             td = {"type": "server_vad", "threshold": cfg.vad.aggressiveness / 4,
                   "silence_duration_ms": cfg.vad.silence_ms,
                   "prefix_padding_ms": cfg.vad.prefix_padding_ms,
