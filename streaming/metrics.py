@@ -32,6 +32,12 @@ FRAME_PROCESSING = Histogram(
     buckets=_FRAME_BUCKETS, registry=REGISTRY)
 DRAINING = Gauge("rtmedia_draining", "1 while this replica drains (SIGTERM): no new sessions",
                  registry=REGISTRY)
+REDIS_UP = Gauge("rtmedia_redis_up", "1 when the shared-state Redis answered the last call "
+                 "(only with RTMEDIA_REDIS_URL)", registry=REGISTRY)
+REDIS_ERRORS = Counter("rtmedia_redis_errors_total", "Redis calls that failed (memory used "
+                       "instead)", registry=REGISTRY)
+SESSIONS_RESUMED = Counter("rtmedia_sessions_resumed_total", "Sessions resumed by id "
+                           "(?resume=)", ["found"], registry=REGISTRY)
 TRITON_STREAMS = Gauge("rtmedia_triton_streams_open",
                        "gRPC streams open to Triton (all sessions)", registry=REGISTRY)
 

@@ -22,6 +22,7 @@ import asyncio
 import contextlib
 import json
 import logging
+import re
 from pathlib import Path
 
 from aiohttp import WSMsgType, web
@@ -33,6 +34,7 @@ from streaming import metrics as M
 from streaming.auth import ACCESS, Access
 from streaming.realtime import Limits, RealtimeSession
 from streaming.settings import Settings
+from streaming.state_store import SessionSaver, StateStore, restore
 
 log = logging.getLogger(__name__)
 WEB_DEMO = Path(__file__).resolve().parent.parent / "web_demo"
@@ -56,6 +58,10 @@ METRICS_RUNNER = web.AppKey("metrics_runner", web.AppRunner)
 # Set on SIGTERM: /readyz answers 503 and new sessions are refused (503, so a proxy retries
 # another replica) while the open ones finish (see drain()).
 DRAINING = web.AppKey("draining", asyncio.Event)
+# Resumable sessions, the global session limit, client secrets (Redis or this process)
+STATE = web.AppKey("state", StateStore)
+HEARTBEAT = web.AppKey("heartbeat", asyncio.Task)
+RESUME_ID = re.compile(r"sess_[A-Za-z0-9]{1,64}")
 
 # What each route needs; a route missing here needs the key (static pages are open).
 ROUTE_ACCESS = {
@@ -87,7 +93,8 @@ def make_router(settings: Settings) -> ModelRouter:
 
 def create_app(settings: Settings, router: ModelRouter | None = None,
                secrets: auth.SecretStore | None = None) -> web.Application:
-    guard = auth.Auth(settings.api_key, secrets, auth.Origins(settings.allowed_origins),
+    state = StateStore(settings.redis_url, session_ttl_s=settings.session_state_ttl_s)
+    guard = auth.Auth(settings.api_key, secrets or state, auth.Origins(settings.allowed_origins),
                       demo_pages_mint=settings.demo_pages_mint)
     auth.install_log_redaction(settings.api_key)
     app = web.Application(client_max_size=MAX_BODY_BYTES,
@@ -97,6 +104,7 @@ def create_app(settings: Settings, router: ModelRouter | None = None,
     app[ROUTER] = router or make_router(settings)
     app[SESSIONS] = set()
     app[DRAINING] = asyncio.Event()
+    app[STATE] = state
     app.router.add_get("/v1/realtime", realtime_ws)
     app.router.add_post("/v1/realtime/calls", realtime_call)
     app.router.add_post("/v1/realtime/client_secrets", client_secrets)
@@ -109,10 +117,37 @@ def create_app(settings: Settings, router: ModelRouter | None = None,
         app.router.add_static("/", WEB_DEMO, show_index=False)
     app.on_startup.append(_load_avatar)
     app.on_startup.append(_start_metrics_listener)
+    app.on_startup.append(_start_heartbeat)
     app.on_shutdown.append(_close_sessions)
     app.on_cleanup.append(_stop_metrics_listener)
     app.on_cleanup.append(lambda a: a[ROUTER].close())
+    app.on_cleanup.append(_stop_state)
     return app
+
+
+async def _start_heartbeat(app: web.Application) -> None:
+    """With Redis: keep this replica's session slots alive there (see StateStore)."""
+    store = app[STATE]
+    if not store.shared:
+        return
+
+    async def beat() -> None:
+        from streaming.state_store import HEARTBEAT_S
+
+        while True:
+            await store.heartbeat()
+            await asyncio.sleep(HEARTBEAT_S)
+
+    app[HEARTBEAT] = asyncio.create_task(beat())
+
+
+async def _stop_state(app: web.Application) -> None:
+    task = app.get(HEARTBEAT)
+    if task is not None:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+    await app[STATE].close()
 
 
 async def index(request: web.Request) -> web.Response:
@@ -229,12 +264,18 @@ async def realtime_ws(request: web.Request) -> web.StreamResponse:
     kind = "transcription" if request.query.get("intent") == "transcription" else "realtime"
     beta = ("realtime=v1" in request.headers.get("OpenAI-Beta", "")
             or "openai-beta.realtime-v1" in offered)
-    if len(sessions) >= settings.max_sessions:
+    store: StateStore = request.app[STATE]
+    slot, limit = None, settings.max_sessions
+    at_limit = len(sessions) >= limit
+    if not at_limit and settings.global_max_sessions:  # all replicas together
+        slot = await store.acquire_slot(settings.global_max_sessions)
+        at_limit, limit = slot is None, settings.global_max_sessions
+    if at_limit:
         M.SESSIONS_REFUSED.inc()
         M.ERRORS.labels("session_limit").inc()
         await ws.send_json({"type": "error", "event_id": "event_refused", "error": {
             "type": "server_error", "code": "session_limit",
-            "message": f"the server is at its limit of {settings.max_sessions} concurrent "
+            "message": f"the server is at its limit of {limit} concurrent "
                        "sessions; try again later"}})
         await _close(ws, request, 1013, b"session limit")
         return ws
@@ -268,17 +309,30 @@ async def realtime_ws(request: web.Request) -> web.StreamResponse:
             except TimeoutError:
                 drop(f"a send blocked for {settings.send_timeout_s:.0f} s")
                 raise ConnectionError("client not reading") from None
+        saver.after(event["type"])
 
     session = RealtimeSession(send, request.app[ROUTER], kind=kind, beta=beta,
                               limits=Limits(max_message_bytes=settings.max_message_bytes),
                               model=request.query.get("model") or "rtmedia-voice",
                               audio_lead_s=settings.ws_audio_lead_ms / 1000)
+    saver = SessionSaver(store, session)
+    resume_id, resumed = request.query.get("resume"), None
+    if resume_id and RESUME_ID.fullmatch(resume_id):
+        state = await store.load_session(resume_id)
+        M.SESSIONS_RESUMED.labels(str(state is not None).lower()).inc()
+        if state is not None:
+            resumed = restore(session, state, resume_id)
     sessions.add(session)
     M.SESSIONS_ACTIVE.labels(kind).inc()
     M.SESSIONS_TOTAL.labels(kind).inc()
     loop = asyncio.get_running_loop()
     try:
         await session.start()
+        for item in resumed or ():  # the conversation so far, as the client last saw it
+            session.emit("conversation.item.added", **item)
+        if resume_id and resumed is None:
+            session.error("session_not_found", f"no session {resume_id[:80]!r} to resume "
+                          "(expired, or never saved); this is a new session", param="resume")
         # Idle means no client message: pings and pongs (ours or the client's) are
         # answered inside ws.receive() and must not keep a silent session alive.
         last_message = loop.time()
@@ -308,6 +362,9 @@ async def realtime_ws(request: web.Request) -> web.StreamResponse:
         sessions.discard(session)
         M.SESSIONS_ACTIVE.labels(kind).dec()
         await session.close()
+        await saver.final()
+        if slot is not None:
+            await store.release_slot(slot)
         if dropping:
             await asyncio.gather(*dropping, return_exceptions=True)
         elif not ws.closed:
@@ -393,23 +450,33 @@ async def realtime_call(request: web.Request) -> web.Response:
                                  status=400)
     if request.app[DRAINING].is_set():
         return draining_refusal()
-    if len(sessions) >= settings.max_sessions:
-        M.SESSIONS_REFUSED.inc()
-        M.ERRORS.labels("session_limit").inc()
-        return web.json_response({"error": {"code": "session_limit", "message":
-                                            f"the server is at its limit of "
-                                            f"{settings.max_sessions} sessions"}}, status=503)
     avatar = _avatar(request.app)
     if avatar is None:
         return web.json_response({"error": {"code": "avatar_missing", "message":
                                             f"no avatar {settings.avatar_name!r} in the model "
                                             "store; run `rtmedia models install-defaults`"}},
                                  status=503)
+    store: StateStore = request.app[STATE]
+    slot, limit = None, settings.max_sessions
+    at_limit = len(sessions) >= limit
+    if not at_limit and settings.global_max_sessions:  # all replicas together
+        slot = await store.acquire_slot(settings.global_max_sessions)
+        at_limit, limit = slot is None, settings.global_max_sessions
+    if at_limit:
+        M.SESSIONS_REFUSED.inc()
+        M.ERRORS.labels("session_limit").inc()
+        return web.json_response({"error": {"code": "session_limit", "message":
+                                            f"the server is at its limit of "
+                                            f"{limit} sessions"}}, status=503)
     kind = "transcription" if request.query.get("intent") == "transcription" else "realtime"
 
     def closed(s) -> None:
         sessions.discard(s)
         M.SESSIONS_ACTIVE.labels("webrtc").dec()
+        if slot is not None:
+            release = asyncio.create_task(store.release_slot(slot))
+            _WATCHES.add(release)
+            release.add_done_callback(_WATCHES.discard)
 
     rtc = WebRTCSession(request.app[ROUTER], avatar, settings.avatar_name, kind=kind,
                         ice_servers=settings.ice_servers,
