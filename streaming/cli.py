@@ -200,7 +200,9 @@ def cmd_up(args: argparse.Namespace) -> int:
             print(f"filling the model store {store.root} with the default models ...")
             install_defaults(store)
         server = TritonServer(settings, models=[settings.stt_model, settings.tts_model,
-                                                settings.llm_model, settings.avatar_model])
+                                                settings.llm_model, settings.avatar_model,
+                                                settings.stt_multilingual_model,
+                                                settings.turn_model])
         print(f"starting tritonserver (store {settings.models_dir}) ...")
         server.start(wait_s=args.wait)
         for name, reason in server.failed.items():

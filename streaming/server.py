@@ -88,6 +88,7 @@ def make_router(settings: Settings) -> ModelRouter:
     url = settings.triton_url or f"{settings.triton_host}:{settings.triton_grpc_port}"
     return ModelRouter(url, dict(settings.triton_urls), {
         "stt": settings.stt_model, "tts": settings.tts_model, "agent": settings.llm_model,
+        "stt_multilingual": settings.stt_multilingual_model, "turn": settings.turn_model,
         "avatar": settings.avatar_model}, keepalive=settings.triton_keepalive())
 
 

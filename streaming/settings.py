@@ -60,6 +60,9 @@ class Settings:
     # Per use case overrides, e.g. agent on the GPU-1 server: {"agent": "gpu1:8001"}
     triton_urls: dict = field(default_factory=dict)
     stt_model: str = "whisper"
+    # sessions whose transcription language is not English (or is "auto")
+    stt_multilingual_model: str = "whisper_base"
+    turn_model: str = "smart_turn"  # end of turn for semantic_vad
     tts_model: str = "piper"
     llm_model: str = "llm"
     max_sessions: int = 8
@@ -135,6 +138,8 @@ class Settings:
             triton_urls={uc: env[PREFIX + "TRITON_URL_" + uc.upper()] for uc in USE_CASES
                          if env.get(PREFIX + "TRITON_URL_" + uc.upper())},
             stt_model=_env("STT_MODEL", "whisper"),
+            stt_multilingual_model=_env("STT_MULTILINGUAL_MODEL", "whisper_base"),
+            turn_model=_env("TURN_MODEL", "smart_turn"),
             tts_model=_env("TTS_MODEL", "piper"),
             llm_model=_env("LLM_MODEL", "llm"),
             max_sessions=int(_env("MAX_SESSIONS", "8")),
