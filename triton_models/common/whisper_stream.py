@@ -1,25 +1,74 @@
 """Streaming transcription on top of a faster-whisper model, one state per stream.
 
 Each audio stream (a Triton sequence) keeps the audio of its open window; every
-chunk may trigger a partial decode (greedy, no timestamps: cheap), the END chunk a
-final decode with word timestamps. A long window (captions without end-of-turn)
-is cut at segment boundaries so cost per partial stays bounded, and the cut part
-is sent as a final. Shared by the whisper and whisper_base models; stdlib + numpy
-only, so the tests run it offline with a scripted decoder.
+chunk may trigger a partial decode (greedy), the END chunk a final decode with
+word timestamps. ``handle_batch`` serves all the streams of one Triton batch
+together: the finals of the batch as one batched encode + decode, then the
+partials as another (``BatchedWhisper``), each answer to its own stream.
+
+Cost per partial stays bounded on long streams: with ``stable_commit`` the
+segments that two consecutive partial hypotheses agree on (all but the open last
+segment) are committed (decoded once with word timestamps, then dropped from the
+window), so a partial decodes only the open tail; the stream's text is the
+committed text plus the tail. Without agreement, a window longer than
+``max_window`` is cut at its last segment boundary. Shared by the whisper and
+whisper_base models; stdlib + numpy only at import, so the tests run it offline
+with a scripted decoder.
 """
 
 from __future__ import annotations
 
 import re
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import numpy as np
 
 SAMPLE_RATE = 16000
 IDLE_EXPIRY_S = 180.0
+NO_SPEECH_PROB = 0.6  # faster-whisper's defaults: skip a window that is silence
+LOGPROB_THRESHOLD = -1.0
+PREPEND_PUNCTUATIONS = "\"'“¿([{-"  # faster-whisper's defaults for word timestamps
+APPEND_PUNCTUATIONS = "\"'.。,，!！?？:：”)]}、"
 
 _SENTENCE = re.compile(r"(?<=[.!?])\s+")
+
+
+@dataclass
+class Word:
+    word: str
+    start: float
+    end: float
+    probability: float = 1.0
+
+
+@dataclass
+class Seg:
+    """A decoded segment, times relative to its window (faster-whisper's Segment shape)."""
+    start: float
+    end: float
+    text: str
+    words: list = field(default_factory=list)
+
+
+@dataclass
+class Hypothesis:
+    segments: list
+    language: str | None
+
+    @property
+    def text(self) -> str:
+        return drop_repeats(" ".join(s.text.strip() for s in self.segments))
+
+
+@dataclass
+class Chunk:
+    corrid: int
+    audio: np.ndarray
+    start: bool = False
+    end: bool = False
+    language: str | None = None
 
 
 @dataclass
@@ -30,6 +79,15 @@ class StreamState:
     since_partial: int = 0  # samples added since the last partial decode
     last_partial: str = ""
     touched: float = field(default_factory=time.monotonic)
+    start_s: float = 0.0  # stream time where the open utterance began
+    committed: list = field(default_factory=list)  # described segments, stream time
+    committed_text: str = ""
+    previous: list = field(default_factory=list)  # normalized segment texts, last partial
+    cut_at: int | None = None  # a commit pending in this batch: samples of audio it takes
+    agreed: int = 0  # segments of ``previous`` that the pending commit takes
+
+
+Result = tuple  # (text, is_final, details)
 
 
 def short_window_model(base):
@@ -78,6 +136,16 @@ def drop_repeats(text: str) -> str:
     return " ".join(out)
 
 
+def drop_echo_tail(text: str) -> str:
+    """Drop an unfinished last sentence that only restarts the one before it ("How are
+    you? How are"): greedy decoding of a window ending in silence begins to loop."""
+    parts = [p for p in _SENTENCE.split(text.strip()) if p]
+    if len(parts) >= 2 and parts[-1][-1:] not in ".!?" and _norm(parts[-1]) and \
+            _norm(parts[-2]).startswith(_norm(parts[-1])):
+        parts.pop()
+    return " ".join(parts)
+
+
 def clean_segments(segments, duration_s: float) -> list:
     """Drop segments that start after the audio ends, are empty or repeat the previous one."""
     out = []
@@ -113,6 +181,21 @@ def window_cut(segments, n_samples: int) -> tuple[list, int]:
     return list(segments), n_samples
 
 
+def agreed_prefix(previous: list[str], segments: list) -> int:
+    """How many leading finished segments (all but the last) read the same as in the
+    previous hypothesis: those are stable enough to commit."""
+    k = 0
+    for i, seg in enumerate(segments[:-1]):
+        if i >= len(previous) or _norm(seg.text) != previous[i] or not _norm(seg.text):
+            break
+        k += 1
+    return k
+
+
+def join_text(*parts: str) -> str:
+    return " ".join(p.strip() for p in parts if p and p.strip())
+
+
 @dataclass
 class WhisperSettings:
     english_only: bool = False
@@ -122,16 +205,226 @@ class WhisperSettings:
     max_chunk: int = 30 * SAMPLE_RATE
     beam_size: int = 1
     trim_encoder: bool = True
+    # Commit segments two partials agree on once the open window is this long
+    # (0: off, the whole window is decoded for every partial).
+    stable_commit: int = 0
+    max_batch: int = 16  # streams per batched decode
+    bucket_s: float = 1.0  # encoder length granularity of a batch group (BatchedWhisper)
+
+
+class TranscribeDecoder:
+    """The unbatched path: one faster-whisper ``transcribe`` call per window (any model
+    with faster-whisper's ``transcribe``; its ``frames`` attribute trims the encoder)."""
+
+    def __init__(self, model, settings: WhisperSettings):
+        self.model, self.settings = model, settings
+
+    def _fit(self, n_samples: int) -> None:
+        self.model.frames = encoder_frames(n_samples) if self.settings.trim_encoder else None
+
+    def partials(self, windows, languages) -> list[Hypothesis]:
+        out = []
+        for audio, language in zip(windows, languages, strict=True):
+            self._fit(audio.size)
+            segments, info = self.model.transcribe(
+                audio, language=language, beam_size=1, temperature=0.0,
+                without_timestamps=not self.settings.stable_commit,
+                condition_on_previous_text=False, max_new_tokens=token_budget(audio.size))
+            out.append(Hypothesis(list(segments), getattr(info, "language", language)))
+        return out
+
+    def finals(self, windows, languages) -> list[Hypothesis]:
+        out = []
+        for audio, language in zip(windows, languages, strict=True):
+            self._fit(audio.size)
+            segments, info = self.model.transcribe(
+                audio, language=language, beam_size=self.settings.beam_size,
+                temperature=0.0, word_timestamps=True, condition_on_previous_text=False,
+                max_new_tokens=min(440, token_budget(audio.size)))
+            out.append(Hypothesis(list(segments), getattr(info, "language", language)))
+        return out
+
+
+class BatchedWhisper:
+    """Many windows as one CTranslate2 encoder call and one greedy decode.
+
+    Windows are grouped by their trimmed encoder length (``bucket_s`` rounds it up,
+    so more windows share a group at the price of padding): a group's features are
+    zero-padded to that length, as faster-whisper pads to 30 s, and each row keeps
+    its own prompt (language) and token budget, so every row decodes exactly as it
+    would alone (Whisper's output changes with the amount of padding, which is why
+    rows are not all padded to the longest). Finals add word timestamps with
+    faster-whisper's alignment, one ``align`` call per group, cleaned up per stream.
+    """
+
+    def __init__(self, model, settings: WhisperSettings):
+        from faster_whisper.tokenizer import Tokenizer
+        from faster_whisper.transcribe import get_suppressed_tokens
+
+        self.model, self.settings = model, settings  # a faster_whisper.WhisperModel
+        self._tokenizer_cls, self._suppressed = Tokenizer, get_suppressed_tokens
+        self._tokenizers: dict[str, object] = {}
+        import ctranslate2
+
+        self._storage = ctranslate2.StorageView.from_array
+
+    def tokenizer(self, language: str):
+        if language not in self._tokenizers:
+            self._tokenizers[language] = self._tokenizer_cls(
+                self.model.hf_tokenizer, self.model.model.is_multilingual,
+                task="transcribe", language=language)
+        return self._tokenizers[language]
+
+    def frames(self, n_samples: int) -> int:
+        if not self.settings.trim_encoder:
+            return 3000
+        bucket = max(100, int(self.settings.bucket_s * 100))
+        return min(3000, -(-encoder_frames(n_samples) // bucket) * bucket)
+
+    def _grouped(self, decode, windows, languages) -> list[Hypothesis]:
+        """``decode`` per group of windows with the same encoder length, answers in order."""
+        groups: dict[int, list[int]] = {}
+        for i, w in enumerate(windows):
+            groups.setdefault(self.frames(w.size), []).append(i)
+        out: list = [None] * len(windows)
+        for idx in groups.values():
+            for i, hyp in zip(idx, decode([windows[i] for i in idx],
+                                          [languages[i] for i in idx]), strict=True):
+                out[i] = hyp
+        return out
+
+    def features(self, windows) -> np.ndarray:
+        frames = max(self.frames(w.size) for w in windows)
+        extractor = self.model.feature_extractor
+        batch = np.zeros((len(windows), extractor.mel_filters.shape[0], frames), np.float32)
+        for i, audio in enumerate(windows):
+            f = extractor(audio)[:, :-1]  # the content frames, as transcribe takes them
+            n = min(frames, f.shape[-1])
+            batch[i, :, :n] = f[:, :n]
+        return batch
+
+    def _languages(self, encoded, languages) -> list[str]:
+        if not self.model.model.is_multilingual:
+            return ["en"] * len(languages)
+        if all(languages):
+            return list(languages)
+        detected = self.model.model.detect_language(encoded)
+        return [lang or d[0][0][2:-2] for lang, d in zip(languages, detected, strict=True)]
+
+    def _decode(self, windows, languages, *, timestamps: bool, final: bool):
+        # the CTranslate2 encoder itself: a short_window_model's own trimming must not apply
+        encoded = self.model.model.encode(self._storage(self.features(windows)))
+        langs = self._languages(encoded, languages)
+        toks = [self.tokenizer(lang) for lang in langs]
+        prompts = [self.model.get_prompt(t, [], without_timestamps=not timestamps) for t in toks]
+        # One token budget per group, from its encoder length: CTranslate2 stops rows by
+        # one max_length, and a row must stop where it would alone.
+        budget = token_budget((max(self.frames(w.size) for w in windows) - 100) * 160)
+        budget = min(440, budget) if final else budget
+        max_length = min(self.model.max_length, max(len(p) for p in prompts) + budget)
+        results = self.model.model.generate(
+            encoded, prompts, beam_size=self.settings.beam_size if final else 1,
+            length_penalty=1.0, repetition_penalty=1.0, no_repeat_ngram_size=0,
+            max_length=max_length, return_scores=True, return_no_speech_prob=True,
+            suppress_blank=True, suppress_tokens=list(self._suppressed(toks[0], [-1])),
+            max_initial_timestamp_index=50)
+        rows = []
+        for audio, tok, result in zip(windows, toks, results, strict=True):
+            tokens = result.sequences_ids[0]
+            avg_logprob = result.scores[0] * len(tokens) / (len(tokens) + 1)
+            if result.no_speech_prob > NO_SPEECH_PROB and avg_logprob <= LOGPROB_THRESHOLD:
+                tokens = []
+            rows.append(self._segments(tok, tokens, audio.size / SAMPLE_RATE))
+        return encoded, langs, toks, rows
+
+    @staticmethod
+    def _segments(tok, tokens: list[int], duration: float) -> list[dict]:
+        """Split greedy output at its timestamp tokens; text after the last timestamp
+        is an open segment that runs to the end of the window."""
+        begin, segs, text, start = tok.timestamp_begin, [], [], None
+        for t in tokens:
+            if t >= begin:
+                at = (t - begin) * 0.02
+                if text:
+                    segs.append({"start": start or 0.0, "end": at, "tokens": text, "seek": 0})
+                    text, start = [], None
+                else:
+                    start = at
+            elif t < tok.eot:
+                text.append(t)
+        if text:
+            segs.append({"start": start or 0.0, "end": duration, "tokens": text, "seek": 0})
+        return segs
+
+    def partials(self, windows, languages) -> list[Hypothesis]:
+        return self._grouped(self._partials, windows, languages)
+
+    def finals(self, windows, languages) -> list[Hypothesis]:
+        return self._grouped(self._finals, windows, languages)
+
+    def _partials(self, windows, languages) -> list[Hypothesis]:
+        _, langs, toks, rows = self._decode(windows, languages,
+                                            timestamps=bool(self.settings.stable_commit),
+                                            final=False)
+        return [Hypothesis([Seg(s["start"], s["end"], tok.decode(s["tokens"])) for s in segs],
+                           lang) for segs, tok, lang in zip(rows, toks, langs, strict=True)]
+
+    def _finals(self, windows, languages) -> list[Hypothesis]:
+        encoded, langs, toks, rows = self._decode(windows, languages, timestamps=True,
+                                                  final=True)
+        words = self._words(encoded, windows, langs, toks, rows)
+        out = []
+        for segs, tok, lang, seg_words in zip(rows, toks, langs, words, strict=True):
+            out.append(Hypothesis([
+                Seg(s["start"], s["end"], tok.decode(s["tokens"]),
+                    [Word(w["word"], w["start"], w["end"], w["probability"]) for w in ws])
+                for s, ws in zip(segs, seg_words, strict=True)], lang))
+        return out
+
+    def _words(self, encoded, windows, langs, toks, rows) -> list[list[list[dict]]]:
+        """Word timings per row and segment: one batched alignment (rows of one
+        language share the start sequence it needs), then faster-whisper's per-stream
+        clean-up with that row's alignment alone, as if the row had been decoded alone."""
+        model = self.model
+        frames = [min(3000, int(w.size // 160)) for w in windows]
+        text_tokens = [[t for s in segs for t in s["tokens"]] for segs in rows]
+        alignments: list = [[] for _ in rows]
+        for lang in set(langs):
+            mine = [lg == lang and bool(t) for lg, t in zip(langs, text_tokens, strict=True)]
+            if not any(mine):
+                continue
+            tok = toks[mine.index(True)]
+            filler = tok.encode(" a")  # align needs text for every encoder row
+            rows_text = [t if m else filler for t, m in zip(text_tokens, mine, strict=True)]
+            found = model.find_alignment(tok, rows_text, encoded, frames)
+            for i, m in enumerate(mine):
+                if m:
+                    alignments[i] = found[i]
+        out = []
+        for i, segs in enumerate(rows):
+            if not segs or not alignments[i]:
+                out.append([[] for _ in segs])
+                continue
+            model.find_alignment = lambda *a, _one=alignments[i], **k: [_one]
+            try:
+                model.add_word_timestamps([segs], toks[i], encoded, frames[i],
+                                          PREPEND_PUNCTUATIONS, APPEND_PUNCTUATIONS, 0.0)
+            finally:
+                del model.find_alignment
+            out.append([s.get("words", []) for s in segs])
+        return out
 
 
 class StreamingTranscriber:
-    """Per-stream windows over one model; ``handle`` answers each chunk with
-    (text, is_final, details). ``model`` is a faster-whisper WhisperModel made by
-    ``short_window_model`` (its ``frames`` attribute trims the encoder input)."""
+    """Per-stream windows over one decoder. ``handle_batch`` answers the chunks of a
+    Triton batch (finals first), ``handle`` one chunk. ``model`` is a decoder with
+    batched ``partials``/``finals`` (``BatchedWhisper``) or a faster-whisper model with
+    ``transcribe`` (served one window at a time)."""
 
     def __init__(self, model, settings: WhisperSettings):
-        self.model = model
         self.settings = settings
+        self.decoder = model if hasattr(model, "finals") else TranscribeDecoder(model, settings)
+        self.model = model
         self.streams: dict[int, StreamState] = {}
 
     def check_chunk(self, audio: np.ndarray, end: bool, language: str | None) -> None:
@@ -149,30 +442,93 @@ class StreamingTranscriber:
                              "needs a multilingual model (e.g. whisper_base)")
 
     def handle(self, corrid: int, audio: np.ndarray, *, start: bool, end: bool,
-               language: str | None) -> tuple[str, bool, dict]:
-        self.check_chunk(audio, end, language)
-        state = self.streams.get(corrid)
-        if start or state is None:
+               language: str | None) -> Result:
+        out: list = []
+        self.handle_batch([Chunk(corrid, audio, start, end, language)],
+                          lambda i, r: out.append(r))
+        if isinstance(out[0], Exception):
+            raise out[0]
+        return out[0]
+
+    def handle_batch(self, chunks: list[Chunk],
+                     send: Callable[[int, Result | Exception], None]) -> None:
+        """Answer every chunk through ``send(index, result or error)``: finals of all
+        streams first (one batched decode), then partials (another), then the commits
+        of stable prefixes the partials found. A stream with two chunks in one batch
+        is served in two rounds, in order."""
+        rounds: list[list[int]] = []
+        for i, c in enumerate(chunks):
+            k = sum(1 for j in range(i) if chunks[j].corrid == c.corrid)
+            while len(rounds) <= k:
+                rounds.append([])
+            rounds[k].append(i)
+        for indexes in rounds:
+            self._round([(i, chunks[i]) for i in indexes], send)
+
+    def _round(self, items, send) -> None:
+        finals, cuts, partials = [], [], []
+        for i, chunk in items:
+            try:
+                kind, state = self._accept(chunk)
+            except ValueError as exc:
+                send(i, exc)
+                continue
+            if kind == "final":
+                finals.append((i, state))
+            elif kind == "cut":
+                cuts.append((i, state))
+            elif kind == "partial":
+                partials.append((i, state))
+            elif kind == "short":
+                send(i, self._final(state, Hypothesis([], state.language)))
+            else:
+                send(i, ("", False, {}))
+        self._run(finals, self._final, send, final=True)
+        self._run(cuts, self._cut, send, final=True)
+        commits: list = []
+        self._run(partials, lambda st, hyp: self._partial(st, hyp, commits), send, final=False)
+        self._run(commits, self._commit, lambda i, r: None, final=True)
+
+    def _run(self, jobs, finish, send, *, final: bool) -> None:
+        """Decode the windows of ``jobs`` in batches; ``finish(state, hypothesis)`` makes
+        each stream's answer. A failing decode fails only the streams in it."""
+        size = max(1, self.settings.max_batch)
+        for b in range(0, len(jobs), size):
+            batch = jobs[b:b + size]
+            windows = [self._window(state) for _, state in batch]
+            langs = [self._language(state) for _, state in batch]
+            try:
+                hyps = (self.decoder.finals if final else self.decoder.partials)(windows, langs)
+            except Exception as exc:  # reported to each stream
+                for i, _ in batch:
+                    send(i, exc)
+                continue
+            for (i, state), hyp in zip(batch, hyps, strict=True):
+                send(i, finish(state, hyp))
+
+    def _accept(self, chunk: Chunk) -> tuple[str, StreamState]:
+        self.check_chunk(chunk.audio, chunk.end, chunk.language)
+        state = self.streams.get(chunk.corrid)
+        if chunk.start or state is None:
+            language = chunk.language
             state = StreamState(language=None if language == "auto" else
                                 (language or self.settings.default_language))
-            self.streams[corrid] = state
+            self.streams[chunk.corrid] = state
         state.touched = time.monotonic()
-        state.audio = np.concatenate([state.audio, audio.astype(np.float32, copy=False)])
-        state.since_partial += audio.size
-
-        if end:
-            self.streams.pop(corrid, None)
-            text, details = self._final(state)
-            return text, True, details
+        state.audio = np.concatenate([state.audio, chunk.audio.astype(np.float32, copy=False)])
+        state.since_partial += chunk.audio.size
+        state.cut_at = None
+        if chunk.end:
+            self.streams.pop(chunk.corrid, None)
+            if state.audio.size < SAMPLE_RATE // 10:
+                return "short", state
+            return "final", state
         if state.audio.size > self.settings.max_window:
-            return self._commit_window(state)
+            return "cut", state
         if state.since_partial >= self.settings.partial_every:
             state.since_partial = 0
-            text = self._partial(state)
-            if text != state.last_partial:
-                state.last_partial = text
-                return text, False, {"start": state.offset_s}
-        return "", False, {}
+            return "partial", state
+        return "none", state
 
     def expire_idle(self, now: float | None = None) -> None:
         """Drop streams whose client vanished (the sequence batcher has released them)."""
@@ -180,45 +536,68 @@ class StreamingTranscriber:
         for corrid in [c for c, s in self.streams.items() if s.touched < cutoff]:
             del self.streams[corrid]
 
-    # -- decoding -------------------------------------------------------------------------
+    # -- answers ----------------------------------------------------------------------------
     def _language(self, state: StreamState) -> str | None:
         return "en" if self.settings.english_only else state.language
 
-    def _fit_encoder(self, n_samples: int) -> None:
-        self.model.frames = encoder_frames(n_samples) if self.settings.trim_encoder else None
+    @staticmethod
+    def _window(state: StreamState) -> np.ndarray:
+        return state.audio if state.cut_at is None else state.audio[:state.cut_at]
 
-    def _partial(self, state: StreamState) -> str:
-        self._fit_encoder(state.audio.size)
-        segments, _ = self.model.transcribe(
-            state.audio, language=self._language(state), beam_size=1, temperature=0.0,
-            without_timestamps=True, condition_on_previous_text=False,
-            max_new_tokens=token_budget(state.audio.size),
-        )
-        return drop_repeats(" ".join(s.text.strip() for s in segments))
+    def _final(self, state: StreamState, hyp: Hypothesis) -> Result:
+        segments = clean_segments(hyp.segments, state.audio.size / SAMPLE_RATE)
+        text, details = describe(state.offset_s, segments, hyp.language, state.audio.size)
+        if state.committed:  # the stable prefix was decoded with words already
+            details["segments"] = state.committed + details["segments"]
+            details["start"] = state.start_s
+            text = join_text(state.committed_text, text)
+        return text, True, details
 
-    def _segments(self, state: StreamState):
-        audio = state.audio
-        self._fit_encoder(audio.size)
-        segments, info = self.model.transcribe(
-            audio, language=self._language(state), beam_size=self.settings.beam_size,
-            temperature=0.0, word_timestamps=True, condition_on_previous_text=False,
-            max_new_tokens=min(440, token_budget(audio.size)),
-        )
-        return clean_segments(segments, audio.size / SAMPLE_RATE), info
+    def _partial(self, state: StreamState, hyp: Hypothesis, commits: list) -> Result:
+        text = join_text(state.committed_text, drop_echo_tail(hyp.text))
+        if self.settings.stable_commit:
+            agreed = agreed_prefix(state.previous, hyp.segments)
+            state.previous = [_norm(s.text) for s in hyp.segments]
+            if agreed and state.audio.size >= self.settings.stable_commit:
+                cut = int(hyp.segments[agreed].start * SAMPLE_RATE)
+                if 0 < cut < state.audio.size:
+                    state.cut_at = cut
+                    state.agreed = agreed
+                    commits.append((None, state))
+        if text != state.last_partial:
+            state.last_partial = text
+            return text, False, {"start": state.start_s}
+        return "", False, {}
 
-    def _final(self, state: StreamState) -> tuple[str, dict]:
-        if state.audio.size < SAMPLE_RATE // 10:
-            return "", {"start": state.offset_s, "end": state.offset_s, "segments": []}
-        segments, info = self._segments(state)
-        return describe(state.offset_s, segments, info.language, state.audio.size)
+    def _commit(self, state: StreamState, hyp: Hypothesis) -> None:
+        """Finalize the agreed prefix (decoded once more, with word timestamps) and drop
+        its audio: later partials decode only the open tail."""
+        cut = state.cut_at
+        segments = clean_segments(hyp.segments, cut / SAMPLE_RATE)
+        text, details = describe(state.offset_s, segments, hyp.language, cut)
+        state.committed += details["segments"]
+        state.committed_text = join_text(state.committed_text, text)
+        state.audio = state.audio[cut:]
+        state.offset_s += cut / SAMPLE_RATE
+        state.previous = state.previous[state.agreed:]
+        state.cut_at = None
 
-    def _commit_window(self, state: StreamState) -> tuple[str, bool, dict]:
-        """Finalize all but the last segment of an over-long window and keep the rest open."""
-        segments, info = self._segments(state)
+    def _cut(self, state: StreamState, hyp: Hypothesis) -> Result:
+        """An over-long window with no agreed prefix: finalize all but the last segment.
+        With stable commits the cut joins the committed prefix (one final per
+        utterance); without, it is sent as a final of its own."""
+        segments = clean_segments(hyp.segments, state.audio.size / SAMPLE_RATE)
         done, keep_from = window_cut(segments, state.audio.size)
-        text, details = describe(state.offset_s, done, info.language, keep_from)
+        text, details = describe(state.offset_s, done, hyp.language, keep_from)
         state.audio = state.audio[keep_from:]
         state.offset_s += keep_from / SAMPLE_RATE
         state.since_partial = 0
+        state.previous = []
+        if self.settings.stable_commit:
+            state.committed += details["segments"]
+            state.committed_text = join_text(state.committed_text, text)
+            state.last_partial = state.committed_text
+            return state.committed_text, False, {"start": state.start_s}
         state.last_partial = ""
+        state.start_s = state.offset_s
         return text, True, details

@@ -1,10 +1,12 @@
-"""Streaming Whisper as a decoupled Triton python model.
+"""Streaming Whisper as a decoupled Triton python model, batched across streams.
 
 Each audio stream is a Triton sequence; every chunk is answered with one response:
-a partial transcript, nothing, or (END chunk, or an over-long window cut at a
-segment boundary) a final with word timestamps. The streaming logic lives in
-common/whisper_stream.py (tested offline). whisper_base/1/model.py is a link to
-this file: both models run this code, each with its own config.pbtxt.
+a partial transcript, nothing, or (END chunk) a final with word timestamps. The
+sequence batcher hands ``execute`` one chunk of each of up to max_batch_size
+streams; their finals are decoded as one batch (and sent first), then their
+partials as another (common/whisper_stream.py, tested offline), each answer to its
+own stream's sender. whisper_base/1/model.py is a link to this file: both models
+run this code, each with its own config.pbtxt.
 """
 
 from __future__ import annotations
@@ -21,9 +23,10 @@ import triton_python_backend_utils as pb_utils
 sys.path.insert(0, str(Path(__file__).resolve().parents[2].parent / "common"))
 from whisper_stream import (
     SAMPLE_RATE,
+    BatchedWhisper,
+    Chunk,
     StreamingTranscriber,
     WhisperSettings,
-    short_window_model,
 )
 
 FINAL = pb_utils.TRITONSERVER_RESPONSE_COMPLETE_FINAL
@@ -45,7 +48,7 @@ class TritonPythonModel:
                 f"Whisper weights not found in {weights}; run `rtmedia models install-defaults`"
             )
         gpu = args.get("model_instance_kind") == "GPU"
-        model = short_window_model(WhisperModel)(
+        model = WhisperModel(
             str(weights),
             device="cuda" if gpu else "cpu",
             device_index=int(args.get("model_instance_device_id", 0)),
@@ -53,7 +56,7 @@ class TritonPythonModel:
             cpu_threads=int(_param(cfg, "cpu_threads", "2")),
             local_files_only=True,
         )
-        self.transcriber = StreamingTranscriber(model, WhisperSettings(
+        settings = WhisperSettings(
             english_only=weights.name.endswith(".en"),
             default_language=_param(cfg, "language", "en") or None,
             partial_every=int(float(_param(cfg, "partial_interval_s", "0.5")) * SAMPLE_RATE),
@@ -61,30 +64,47 @@ class TritonPythonModel:
             max_chunk=int(float(_param(cfg, "max_chunk_s", "30")) * SAMPLE_RATE),
             beam_size=int(_param(cfg, "beam_size", "1")),
             trim_encoder=_param(cfg, "trim_encoder", "true").lower() == "true",
-        ))
+            stable_commit=int(float(_param(cfg, "stable_commit_s", "0")) * SAMPLE_RATE),
+            max_batch=max(1, int(cfg.get("max_batch_size", 16))),
+            bucket_s=float(_param(cfg, "batch_bucket_s", "1")),
+        )
+        self.transcriber = StreamingTranscriber(BatchedWhisper(model, settings), settings)
         # Warm up so the first user does not pay for lazy initialisation.
-        list(model.transcribe(np.zeros(SAMPLE_RATE, np.float32), language="en",
-                              beam_size=1, without_timestamps=True)[0])
+        self.transcriber.handle(0, np.zeros(SAMPLE_RATE, np.float32), start=True, end=True,
+                                language="en")
 
     def execute(self, requests):
-        # Finals first: a user waits on an end of turn, while a partial that comes a
-        # little later only updates a caption (matters when many streams share a batch).
-        requests = sorted(requests, key=lambda r: not bool(_scalar(r, "END")))
+        senders, chunks = [], []
         for request in requests:
             sender = request.get_response_sender()
             try:
                 lang_t = pb_utils.get_input_tensor_by_name(request, "LANGUAGE")
-                text, final, details = self.transcriber.handle(
+                chunks.append(Chunk(
                     int(_scalar(request, "CORRID")),
                     pb_utils.get_input_tensor_by_name(request, "AUDIO").as_numpy().reshape(-1),
                     start=bool(_scalar(request, "START")), end=bool(_scalar(request, "END")),
                     language=_decode(lang_t.as_numpy().reshape(-1)[0]) if lang_t is not None
-                    else None,
-                )
-                sender.send(_response(text, final, details), flags=FINAL)
+                    else None))
+                senders.append(sender)
             except Exception as exc:  # a bad request must not take the model down
-                sender.send(pb_utils.InferenceResponse(error=pb_utils.TritonError(str(exc))),
-                            flags=FINAL)
+                _fail(sender, exc)
+
+        answered: set[int] = set()
+
+        def send(i: int, result) -> None:
+            answered.add(i)
+            if isinstance(result, Exception):
+                _fail(senders[i], result)
+            else:
+                senders[i].send(_response(*result), flags=FINAL)
+
+        try:
+            self.transcriber.handle_batch(chunks, send)
+        except Exception as exc:  # a bug must answer every stream, not leave it waiting
+            pb_utils.Logger.log_error(f"whisper batch failed: {exc!r}")
+            for i, sender in enumerate(senders):
+                if i not in answered:
+                    _fail(sender, exc)
         self.transcriber.expire_idle()
         return None
 
@@ -98,6 +118,10 @@ def _response(text: str, final: bool, details: dict):
         pb_utils.Tensor("IS_FINAL", np.array([[final]], dtype=bool)),
         pb_utils.Tensor("DETAILS", np.array([[json.dumps(details).encode()]], dtype=np.object_)),
     ])
+
+
+def _fail(sender, exc: Exception) -> None:
+    sender.send(pb_utils.InferenceResponse(error=pb_utils.TritonError(str(exc))), flags=FINAL)
 
 
 def _scalar(request, name: str):

@@ -1,0 +1,214 @@
+"""Batched streaming Whisper: a batch of streams decodes as one, each stream's answer
+is its own and the same as when it is alone; stable prefixes are committed so a
+partial decodes only the open tail."""
+
+from __future__ import annotations
+
+import asyncio
+import urllib.request
+
+import numpy as np
+import pytest
+from rtmedia_models_common.whisper_stream import (
+    SAMPLE_RATE,
+    BatchedWhisper,
+    Chunk,
+    Hypothesis,
+    Seg,
+    StreamingTranscriber,
+    WhisperSettings,
+    Word,
+    agreed_prefix,
+    drop_echo_tail,
+)
+
+from pipelines.services import STTStream
+from pipelines.speech import espeak_speech
+
+
+def _sec(s: float, value: float = 0.0) -> np.ndarray:
+    return np.full(int(s * SAMPLE_RATE), value, np.float32)
+
+
+class FakeBatch:
+    """Scripted batched decoder: ``script(kind, audio)`` gives the segments of a window;
+    every call is recorded with the window lengths it got."""
+
+    def __init__(self, script):
+        self.script = script
+        self.calls: list[tuple[str, list[float]]] = []
+
+    def _run(self, kind, windows, languages):
+        self.calls.append((kind, [w.size / SAMPLE_RATE for w in windows]))
+        return [Hypothesis(self.script(kind, w), lang) for w, lang in
+                zip(windows, languages, strict=True)]
+
+    def partials(self, windows, languages):
+        return self._run("partials", windows, languages)
+
+    def finals(self, windows, languages):
+        return self._run("finals", windows, languages)
+
+
+def _by_level(kind, audio):
+    """A stream's text names the sample value it sent: answers cannot be swapped."""
+    n = audio.size / SAMPLE_RATE
+    return [Seg(0, n, f" stream {round(float(audio[-1]) * 10)}", [Word(" stream", 0, n)])]
+
+
+def test_a_batch_decodes_finals_first_then_partials_each_to_its_own_stream():
+    dec = FakeBatch(_by_level)
+    t = StreamingTranscriber(dec, WhisperSettings(english_only=True))
+    chunks = [Chunk(k, _sec(0.6, k / 10), start=True) for k in (1, 2, 3)]
+    chunks.insert(1, Chunk(5, _sec(1.0, 0.5), start=True, end=True))
+    chunks.append(Chunk(6, np.full(10, np.nan, np.float32), start=True))
+    chunks.append(Chunk(7, _sec(0.1, 0.7), start=True))  # too little audio for a partial
+    sent: list = []
+    t.handle_batch(chunks, lambda i, r: sent.append((i, r)))
+    assert dec.calls == [("finals", [1.0]), ("partials", [0.6, 0.6, 0.6])]
+    order = [i for i, _ in sent]
+    assert order.index(1) < min(order.index(0), order.index(2), order.index(3))
+    answers = dict(sent)
+    assert answers[1][:2] == ("stream 5", True)
+    assert [answers[i][:2] for i in (0, 2, 3)] == [("stream 1", False), ("stream 2", False),
+                                                  ("stream 3", False)]
+    assert isinstance(answers[4], ValueError) and answers[5] == ("", False, {})
+    assert set(t.streams) == {1, 2, 3, 7}
+
+
+def test_two_chunks_of_one_stream_in_one_batch_are_served_in_order():
+    dec = FakeBatch(_by_level)
+    t = StreamingTranscriber(dec, WhisperSettings(english_only=True))
+    sent: list = []
+    t.handle_batch([Chunk(1, _sec(0.6, 0.1), start=True), Chunk(2, _sec(0.6, 0.2), start=True),
+                    Chunk(1, _sec(0.4, 0.3), end=True)], lambda i, r: sent.append((i, r)))
+    assert dec.calls == [("partials", [0.6, 0.6]), ("finals", [1.0])]
+    assert dict(sent)[2][:2] == ("stream 3", True) and 1 not in t.streams
+
+
+def test_a_decoder_failure_fails_only_the_streams_in_that_batch():
+    def script(kind, audio):
+        if kind == "finals":
+            raise RuntimeError("decoder broke")
+        return _by_level(kind, audio)
+
+    t = StreamingTranscriber(FakeBatch(script), WhisperSettings(english_only=True))
+    sent: list = []
+    t.handle_batch([Chunk(1, _sec(1.0, 0.1), start=True, end=True),
+                    Chunk(2, _sec(0.6, 0.2), start=True)], lambda i, r: sent.append((i, r)))
+    answers = dict(sent)
+    assert isinstance(answers[0], RuntimeError) and answers[1][0] == "stream 2"
+
+
+def test_agreed_prefix_and_echo_tail():
+    segs = [Seg(0, 2, " One."), Seg(2, 4, " Two."), Seg(4, 5, " Thr")]
+    assert agreed_prefix(["one", "two", "three"], segs) == 2
+    assert agreed_prefix(["one", "too"], segs) == 1
+    assert agreed_prefix([], segs) == 0
+    assert agreed_prefix(["one"], segs[:1]) == 0  # the last segment is never committed
+    assert drop_echo_tail("How are you today? How are") == "How are you today?"
+    assert drop_echo_tail("Hello there. I am") == "Hello there. I am"
+
+
+def test_stable_prefix_is_committed_and_partials_decode_only_the_tail():
+    def script(kind, audio):
+        n = audio.size / SAMPLE_RATE
+        if kind == "finals" and n <= 2.0:  # the committed piece, decoded with words
+            return [Seg(0, 1.9, " One.", [Word(" One.", 0.2, 1.9)])]
+        return [Seg(0, 2, " One."), Seg(2, n, " Two", [Word(" Two", 2.1, n)])]
+
+    dec = FakeBatch(script)
+    t = StreamingTranscriber(dec, WhisperSettings(english_only=True,
+                                                  stable_commit=3 * SAMPLE_RATE))
+    assert t.handle(1, _sec(3.5), start=True, end=False, language=None)[0] == "One. Two"
+    assert t.streams[1].offset_s == 0.0  # one hypothesis: nothing agreed yet
+    text, final, _ = t.handle(1, _sec(0.5), start=False, end=False, language=None)
+    assert (text, final) == ("", False)  # the same text is not sent again
+    assert dec.calls[-2:] == [("partials", [4.0]), ("finals", [2.0])]
+    state = t.streams[1]
+    assert (state.offset_s, state.audio.size, state.committed_text) == (2.0, 2 * SAMPLE_RATE,
+                                                                      "One.")
+    t.handle(1, _sec(0.5), start=False, end=False, language=None)
+    assert dec.calls[-1] == ("partials", [2.5])  # the open tail only
+    text, final, details = t.handle(1, _sec(0.5), start=False, end=True, language=None)
+    assert (text, final) == ("One. One. Two", True)  # the scripted tail repeats "One."
+    assert details["start"] == 0.0 and details["end"] == 5.0
+    assert [s["start"] for s in details["segments"]] == [0.0, 2.0, 4.0]
+    assert details["segments"][0]["words"][0] == {"word": "One.", "start": 0.2, "end": 1.9,
+                                                  "p": 1.0}
+
+
+# -- the real model -------------------------------------------------------------------------
+SENTENCES = ["Good morning, how are you today?",
+             "Seven apples fell from the tall green tree.",
+             "Please call Stella and ask her to bring these things with her from the store.",
+             "What time does the store open?",
+             "The quick brown fox jumps over the lazy dog near the river bank.",
+             "I would like a cup of tea with milk and two sugars please."]
+
+
+@pytest.fixture(scope="module")
+def speech():
+    return [espeak_speech(s) for s in SENTENCES]
+
+
+def test_batched_decode_equals_alone_on_the_real_model(model_store, speech):
+    from faster_whisper import WhisperModel
+
+    model = WhisperModel(str(model_store.model_dir("stt", "whisper-tiny.en")), device="cpu",
+                         compute_type="int8", cpu_threads=2, local_files_only=True)
+    dec = BatchedWhisper(model, WhisperSettings(english_only=True))
+    # two copies of each length class: the batch has groups of several rows
+    windows = speech + [s[: s.size * 2 // 3] for s in speech]
+    langs = ["en"] * len(windows)
+    for kind in ("partials", "finals"):
+        batched = getattr(dec, kind)(windows, langs)
+        alone = [getattr(dec, kind)([w], ["en"])[0] for w in windows]
+        assert [h.text for h in batched] == [h.text for h in alone]
+        if kind == "finals":
+            assert [[(w.word, w.start, w.end) for s in h.segments for w in s.words]
+                    for h in batched] == [[(w.word, w.start, w.end) for s in h.segments
+                                           for w in s.words] for h in alone]
+            assert all(s.words for h in batched for s in h.segments)
+
+
+CHUNK = 1600  # 100 ms, as the media server sends
+
+
+async def _stream(client, audio: np.ndarray, pace_s: float) -> tuple[list[str], str]:
+    stt = STTStream(client)
+    partials = []
+    try:
+        for i in range(0, audio.size, CHUNK):
+            for t in await stt.push(audio[i:i + CHUNK], end=i + CHUNK >= audio.size):
+                if t.final:
+                    return partials, t.text
+                partials.append(t.text)
+            await asyncio.sleep(pace_s)
+    finally:
+        await stt.close()
+    raise AssertionError("no final")
+
+
+def _batch_stats(url: str, model: str) -> tuple[float, float]:
+    with urllib.request.urlopen(url) as r:
+        text = r.read().decode()
+    values = {}
+    for line in text.splitlines():
+        for name in ("nv_inference_request_success", "nv_inference_exec_count"):
+            if line.startswith(name + "{") and f'model="{model}"' in line:
+                values[name] = float(line.rsplit(" ", 1)[1])
+    return values["nv_inference_request_success"], values["nv_inference_exec_count"]
+
+
+async def test_streams_batched_in_triton_get_the_transcripts_they_get_alone(
+        client, triton_settings, speech):
+    alone = [(await _stream(client, a, 0.0))[1] for a in speech]
+    url = f"http://{triton_settings.triton_host}:{triton_settings.triton_metrics_port}/metrics"
+    requests0, execs0 = await asyncio.to_thread(_batch_stats, url, "whisper")
+    together = await asyncio.gather(*[_stream(client, a, 0.0) for a in speech])
+    requests1, execs1 = await asyncio.to_thread(_batch_stats, url, "whisper")
+    assert [text for _, text in together] == alone
+    assert all(text for text in alone)
+    # the sequence batcher formed batches: fewer executions than requests
+    assert execs1 - execs0 < requests1 - requests0, (requests1 - requests0, execs1 - execs0)
