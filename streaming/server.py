@@ -13,6 +13,8 @@ Endpoints (access needed when RTMEDIA_API_KEY is set; see streaming/auth.py):
                                                                              with the key
   GET  /metrics                      Prometheus                              key (or a separate
                                                                              listener: METRICS_PORT)
+  POST /v1/chat/completions          OpenAI chat (text, images, video; SSE)  key
+  GET  /v1/models, POST /v1/models/NAME/load|unload   heavy models     key
   GET  /                             the web demo (static files)             open
 """
 
@@ -29,7 +31,7 @@ from aiohttp import WSMsgType, web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from pipelines.router import ModelRouter
-from streaming import auth
+from streaming import auth, chat_completions
 from streaming import metrics as M
 from streaming.auth import ACCESS, Access
 from streaming.realtime import Limits, RealtimeSession
@@ -106,6 +108,8 @@ def create_app(settings: Settings, router: ModelRouter | None = None,
     app[SESSIONS] = set()
     app[DRAINING] = asyncio.Event()
     app[STATE] = state
+    # POST /v1/chat/completions, /v1/models; heavy models loaded on first use
+    chat_completions.install(app, app[ROUTER], settings)
     app.router.add_get("/v1/realtime", realtime_ws)
     app.router.add_post("/v1/realtime/calls", realtime_call)
     app.router.add_post("/v1/realtime/client_secrets", client_secrets)

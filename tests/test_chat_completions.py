@@ -1,0 +1,223 @@
+"""POST /v1/chat/completions against the real tritonservers (realtime + heavy), with the
+openai SDK: images to the multimodal model, a video to the video model (frames and the
+stt model's transcript), text-only chats to the agent LLM; streaming as SSE; the API
+key; busy, loading and bad requests."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import io
+from fractions import Fraction
+from types import SimpleNamespace
+
+import aiohttp
+import numpy as np
+import pytest
+
+from bench.stack import free_port
+from pipelines.speech import espeak_speech
+from pipelines.text import word_error_rate
+from pipelines.triton_client import TritonClient
+from pipelines.video_clip import decode_clip, transcribe_clip
+
+pytestmark = pytest.mark.triton
+KEY = "sk-chat-test-0123456789"
+SPOKEN = "Welcome to the kitchen. Today we bake bread."
+
+
+def png_url(color=(200, 30, 30), size=(96, 64)) -> str:
+    from PIL import Image
+
+    buf = io.BytesIO()
+    Image.new("RGB", size, color).save(buf, "PNG")
+    return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode()
+
+
+def write_clip(path, seconds: float = 4.0) -> None:
+    """An MPEG-4 clip: frames changing colour every second and espeak speech (AAC)."""
+    import av
+
+    speech = espeak_speech(SPOKEN)  # 16 kHz float32
+    with av.open(str(path), "w") as out:
+        video = out.add_stream("mpeg4", rate=10)
+        video.width, video.height, video.pix_fmt = 64, 48, "yuv420p"
+        audio = out.add_stream("aac", rate=16000)
+        audio.layout = "mono"
+        for i in range(int(seconds * 10)):
+            img = np.full((48, 64, 3), (i // 10) * 60 % 256, np.uint8)
+            frame = av.VideoFrame.from_ndarray(img, format="rgb24")
+            frame.pts, frame.time_base = i, Fraction(1, 10)
+            out.mux(video.encode(frame))
+        out.mux(video.encode(None))
+        pcm = (np.clip(speech, -1, 1) * 32767).astype(np.int16)
+        for i in range(0, pcm.size, 1024):
+            block = pcm[i:i + 1024].reshape(1, -1)
+            frame = av.AudioFrame.from_ndarray(block, format="s16", layout="mono")
+            frame.sample_rate, frame.pts = 16000, i
+            out.mux(audio.encode(frame))
+        out.mux(audio.encode(None))
+
+
+@pytest.fixture(scope="module")
+async def door(triton, heavy_triton, heavy_store, triton_settings, tmp_path_factory):
+    from aiohttp import web
+
+    from streaming.server import create_app
+
+    videos = tmp_path_factory.mktemp("videos")
+    write_clip(videos / "clip.mp4")
+    settings = triton_settings.replace(
+        port=free_port(), triton_url=triton.grpc_url, api_key=KEY,
+        triton_urls={"multimodal": heavy_triton.grpc_url, "video": heavy_triton.grpc_url},
+        models_dir=heavy_store.root, video_dirs=(str(videos),), heavy_max_queue=0,
+        heavy_idle_unload_s=0.0)
+    app = create_app(settings)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    await web.TCPSite(runner, "127.0.0.1", settings.port).start()
+    yield SimpleNamespace(app=app, http=f"http://127.0.0.1:{settings.port}", videos=videos,
+                          heavy=heavy_triton)
+    await runner.cleanup()
+
+
+@pytest.fixture
+def openai_client(door):
+    from openai import AsyncOpenAI
+
+    return AsyncOpenAI(base_url=door.http + "/v1", api_key=KEY, max_retries=0)
+
+
+def image_question(color=(200, 30, 30)) -> list[dict]:
+    return [{"role": "user", "content": [
+        {"type": "text", "text": "What does this sign say?"},
+        {"type": "image_url", "image_url": {"url": png_url(color)}}]}]
+
+
+async def test_image_non_stream_with_the_openai_sdk(openai_client):
+    resp = await openai_client.chat.completions.create(
+        model="rtmedia", messages=image_question(), max_tokens=8)
+    assert resp.model == "rtmedia"
+    choice = resp.choices[0]
+    assert choice.message.role == "assistant" and choice.message.content
+    assert choice.finish_reason in ("stop", "length")
+    assert 1 <= resp.usage.completion_tokens <= 8
+
+
+async def test_image_stream_with_the_openai_sdk(openai_client):
+    stream = await openai_client.chat.completions.create(
+        model="vlm", messages=image_question((0, 0, 255)), max_tokens=10, stream=True)
+    deltas, reasons = [], []
+    async for chunk in stream:
+        assert chunk.object == "chat.completion.chunk"
+        deltas.append(chunk.choices[0].delta.content or "")
+        reasons.append(chunk.choices[0].finish_reason)
+    assert sum(bool(d) for d in deltas) >= 2  # streamed piece by piece
+    assert reasons[-1] in ("stop", "length") and not any(reasons[:-1])
+
+
+async def test_text_only_goes_to_the_llm(openai_client):
+    resp = await openai_client.chat.completions.create(
+        model="rtmedia", messages=[{"role": "user", "content": "Say hello."}], max_tokens=12,
+        temperature=0)
+    assert resp.choices[0].message.content.strip()
+    stream = await openai_client.chat.completions.create(
+        model="llm", messages=[{"role": "user", "content": "Say hello."}], max_tokens=8,
+        stream=True)
+    text = "".join([c.choices[0].delta.content or "" async for c in stream])
+    assert text.strip()
+
+
+async def test_video_file_and_frames_stream_text(openai_client, door):
+    stream = await openai_client.chat.completions.create(
+        model="rtmedia", max_tokens=8, stream=True, messages=[{"role": "user", "content": [
+            {"type": "video_url",
+             "video_url": {"url": f"file://{door.videos / 'clip.mp4'}"}},
+            {"type": "text", "text": "What happens in this clip?"}]}])
+    text = "".join([c.choices[0].delta.content or "" async for c in stream])
+    assert text
+    frames = {"frames": [png_url((i * 80, 0, 0)) for i in range(3)],
+              "timestamps": [0, 1.5, 3], "transcript": "we bake bread"}
+    resp = await openai_client.chat.completions.create(
+        model="rtmedia", max_tokens=6, messages=[{"role": "user", "content": [
+            {"type": "video_frames", "video_frames": frames},
+            {"type": "text", "text": "What is baked?"}]}])
+    assert resp.model == "rtmedia" and resp.choices[0].message.content
+
+
+async def test_clip_frames_timestamps_and_transcript(door, triton):
+    clip = decode_clip(str(door.videos / "clip.mp4"), max_frames=4)
+    assert len(clip.frames) == 4 and clip.frames[0][:2] == b"\xff\xd8"  # JPEG
+    assert clip.timestamps == sorted(clip.timestamps) and clip.timestamps[0] == 0.0
+    assert clip.timestamps[-1] >= 2.0
+    client = TritonClient(triton.grpc_url)
+    try:
+        transcript = await transcribe_clip(client, clip.audio)
+    finally:
+        await client.close()
+    assert word_error_rate(SPOKEN, transcript) <= 0.4, transcript
+
+
+@pytest.mark.parametrize("body,status,fragment", [
+    ({"messages": []}, 400, "non-empty"),
+    ({"messages": [{"role": "user", "content": [
+        {"type": "image_url", "image_url": {"url": "https://example.com/a.png"}}]}]},
+     400, "data: URLs"),
+    ({"messages": [{"role": "user", "content": [
+        {"type": "video_url", "video_url": {"url": "file:///etc/passwd"}}]}]},
+     400, "RTMEDIA_VIDEO_DIRS"),
+    ({"messages": [{"role": "user", "content": [
+        {"type": "image_url", "image_url": {"url": "data:image/png;base64,AAAA"}}]}]},
+     400, "image 0 is not"),
+    ({"messages": [{"role": "user", "content": "hi"}], "max_tokens": 99999}, 400,
+     "max_tokens"),
+    ({"messages": [{"role": "tool", "content": "hi"}]}, 400, "role"),
+])
+async def test_bad_requests(door, body, status, fragment):
+    async with aiohttp.ClientSession() as http, http.post(
+            door.http + "/v1/chat/completions", json=body,
+            headers={"Authorization": f"Bearer {KEY}"}) as r:
+        data = await r.json()
+        assert r.status == status, data
+        assert fragment in data["error"]["message"]
+
+
+async def test_needs_the_api_key(door):
+    async with aiohttp.ClientSession() as http:
+        for path in ("/v1/chat/completions", "/v1/models/vlm/load"):
+            async with http.post(door.http + path, json={}) as r:
+                assert r.status == 401
+        async with http.get(door.http + "/v1/models") as r:
+            assert r.status == 401
+
+
+async def test_loading_comment_then_tokens_and_busy_under_the_cap(door):
+    headers = {"Authorization": f"Bearer {KEY}"}
+    async with aiohttp.ClientSession(headers=headers) as http:
+        async with http.post(door.http + "/v1/models/vlm/unload") as r:
+            assert r.status == 200 and (await r.json())["state"] == "unloaded"
+        body = {"model": "vlm", "stream": True, "max_tokens": 200,
+                "messages": image_question()}
+        async with http.post(door.http + "/v1/chat/completions", json=body) as r:
+            assert r.status == 200
+            lines = []
+            async for raw in r.content:
+                lines.append(raw.decode().strip())
+                if lines[-1].startswith("data: {") and '"content": "' in lines[-1] \
+                        and '"content": ""' not in lines[-1]:
+                    break  # the first token: the model is loaded and generating
+            assert lines[0] == ": loading vlm", lines[:3]
+            # the cap is one request per model and no queue: a second one is busy now
+            async with http.post(door.http + "/v1/chat/completions",
+                                 json={**body, "stream": False}) as busy:
+                assert busy.status == 429
+                assert busy.headers["Retry-After"] == "1"
+                assert (await busy.json())["error"]["code"] == "busy"
+        await asyncio.sleep(0.3)  # the cancelled request's slot is given back
+        async with http.get(door.http + "/v1/models") as r:
+            states = {m["id"]: m for m in (await r.json())["data"]}
+            assert states["vlm"]["state"] == "ready" and states["vlm"]["running"] == 0
+        async with http.get(door.http + "/metrics") as r:
+            text = await r.text()
+            assert 'rtmedia_model_load_seconds_count{model="vlm"}' in text
+            assert 'rtmedia_heavy_requests_busy_total{model="vlm"}' in text
