@@ -8,6 +8,7 @@ import sys
 import time
 from pathlib import Path
 
+from streaming import models_cli
 from streaming.model_store import ModelStore, ModelStoreError, human_size
 from streaming.settings import USE_CASES, Settings
 
@@ -412,6 +413,7 @@ def build_parser() -> argparse.ArgumentParser:
     sp = models.add_parser("catalog", help="list the production models one can download")
     sp.add_argument("--catalog")
     sp.set_defaults(func=cmd_models_catalog)
+    models_cli.add_commands(models)  # load | unload | status of a running server
 
     sp = store_arg(sub.add_parser("triton", help="run the local tritonserver"))
     sp.add_argument("--http-port", type=int)
@@ -470,6 +472,9 @@ def build_parser() -> argparse.ArgumentParser:
                                     "(rtmedia bench avatar --help)")
     bench.add_parser("soak", help="sessions talking for minutes: latency per minute, memory "
                                   "per process (rtmedia bench soak --help)")
+    bench.add_parser("capacity", help="ramp caption and voice-agent sessions until the lag "
+                                      "passes its limit; batching gain; long captions "
+                                      "(rtmedia bench capacity --help)")
     return p
 
 
@@ -491,6 +496,10 @@ def main(argv: list[str] | None = None) -> int:
         from bench.soak import main as bench_soak
 
         return bench_soak(argv[2:])
+    if argv[:2] == ["bench", "capacity"]:
+        from bench.capacity import main as bench_capacity
+
+        return bench_capacity(argv[2:])
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)

@@ -1,0 +1,410 @@
+"""Capacity: how many caption and voice-agent sessions one machine holds, and what
+batching and stable-prefix commits buy.
+
+    rtmedia bench capacity [--captions] [--agents] [--start N --step N --max N]
+    rtmedia bench capacity --batch-gain [--streams 8]
+    rtmedia bench capacity --long-stream [--minutes 5]
+
+The ramp (default) starts a local Triton and the media server (or uses --url) and
+adds sessions streaming espeak-ng speech at real-time pace until the median caption
+lag passes --max-lag-ms (captions) or the median end-of-speech -> first audio passes
+--max-first-audio-ms (voice agent). Each level prints the sessions held, per-stage
+latency (the server's metrics), CPU seconds per audio second (tritonserver and its
+model stubs plus the media server, from /proc) and Triton's measured batch size
+(nv_inference_request_success / nv_inference_exec_count per model).
+
+--batch-gain and --long-stream run the streaming Whisper code in this process (no
+Triton): audio seconds per CPU second for N concurrent caption streams batched vs
+one at a time, and WER, lag and cost per second of a long caption stream with
+stable-prefix commits vs decoding the whole open window.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+SENTENCES = [
+    "The meeting will start at nine in the morning.",
+    "Please bring the quarterly report and your laptop.",
+    "We need to discuss the budget for next year.",
+    "The new office is close to the railway station.",
+    "Our team finished the project two weeks early.",
+    "Customers asked for a simpler way to pay online.",
+    "The weather should be sunny for most of the week.",
+    "She explained the plan in clear and simple words.",
+    "Every student received a copy of the new schedule.",
+    "The library will stay open late on Thursday evenings.",
+    "He ordered a large coffee and a slice of apple pie.",
+    "The engineers tested the bridge before it opened.",
+]
+RATE = 16000
+
+
+def _common():
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "triton_models" / "common"))
+    import whisper_stream
+
+    return whisper_stream
+
+
+def load_whisper(models_dir: Path, weights: str = "stt/whisper-tiny.en", threads: int = 2):
+    from faster_whisper import WhisperModel
+
+    return WhisperModel(str(models_dir / weights), device="cpu", compute_type="int8",
+                        cpu_threads=threads, local_files_only=True)
+
+
+def speech_stream(seconds: float, gap_s: float = 0.3) -> tuple[np.ndarray, list[tuple[float, str]]]:
+    """espeak-ng sentences back to back with short pauses (no end of turn): the audio
+    and each sentence's end time."""
+    from pipelines.speech import espeak_speech
+
+    voiced = [espeak_speech(s) for s in SENTENCES]
+    gap = np.zeros(int(gap_s * RATE), np.float32)
+    parts, ends, t, i = [], [], 0.0, 0
+    while t < seconds:
+        k = i % len(SENTENCES)
+        parts += [voiced[k], gap]
+        t += (voiced[k].size + gap.size) / RATE
+        ends.append((t - gap_s, SENTENCES[k]))
+        i += 1
+    return np.concatenate(parts), ends
+
+
+# -- a long caption stream: stable-prefix commits vs the whole open window ----------------
+def run_stream(ws, model, audio: np.ndarray, ends: list, *, stable_s: float,
+               chunk_s: float = 0.1) -> dict:
+    """One caption stream fed chunk by chunk (no end of turn until the end). Time is
+    simulated: a chunk is handled when it has arrived and the previous one is done,
+    so lag = arrival + queueing + decode, with this machine's real decode times."""
+    from pipelines.text import word_error_rate, words
+
+    settings = ws.WhisperSettings(english_only=True, stable_commit=int(stable_s * RATE))
+    tr = ws.StreamingTranscriber(ws.BatchedWhisper(model, settings), settings)
+    step = int(chunk_s * RATE)
+    clock, finals, shown = 0.0, "", []
+    cpu_by_minute: dict[int, float] = {}
+    for i in range(0, audio.size, step):
+        piece = audio[i:i + step]
+        arrive = (i + piece.size) / RATE
+        c0, w0 = time.process_time(), time.perf_counter()
+        text, final, _ = tr.handle(1, piece, start=i == 0, end=i + step >= audio.size,
+                                   language="en")
+        cpu, wall = time.process_time() - c0, time.perf_counter() - w0
+        clock = max(clock, arrive) + wall
+        minute = int(arrive // 60)
+        cpu_by_minute[minute] = cpu_by_minute.get(minute, 0.0) + cpu
+        if final:
+            finals = f"{finals} {text}".strip()
+            current = finals
+        elif text:
+            current = f"{finals} {text}".strip()
+        else:
+            continue
+        shown.append((clock, len(words(current))))
+    reference, lags, total = "", [], 0
+    for end_s, sentence in ends:
+        if end_s > audio.size / RATE:
+            break
+        reference = f"{reference} {sentence}"
+        total += len(words(sentence))
+        seen = next((t for t, n in shown if n >= total - 1 and t >= end_s), None)
+        if seen is not None:
+            lags.append(seen - end_s)
+    full = [m for m in cpu_by_minute if (m + 1) * 60 <= audio.size / RATE]
+    return {
+        "wer": round(word_error_rate(reference, finals), 3),
+        "sentence_lag_median_ms": round(float(np.median(lags)) * 1000) if lags else None,
+        "sentence_lag_p95_ms": round(float(np.percentile(lags, 95)) * 1000) if lags else None,
+        "sentences_seen": f"{len(lags)}/{len(ends)}",
+        "cpu_s_per_audio_s_first_minute": round(cpu_by_minute[full[0]] / 60, 4) if full else None,
+        "cpu_s_per_audio_s_last_minute": round(cpu_by_minute[full[-1]] / 60, 4) if full else None,
+        "cpu_s_per_audio_s": round(sum(cpu_by_minute.values()) / (audio.size / RATE), 4),
+    }
+
+
+def long_stream(models_dir: Path, minutes: float) -> dict:
+    ws = _common()
+    model = load_whisper(models_dir)
+    audio, ends = speech_stream(minutes * 60)
+    out = {"audio_s": round(audio.size / RATE, 1)}
+    for name, stable_s in (("stable_prefix", 4.0), ("whole_window", 0.0)):
+        out[name] = run_stream(ws, model, audio, ends, stable_s=stable_s)
+        print(f"  {name}: {json.dumps(out[name])}", file=sys.stderr)
+    return out
+
+
+# -- batching gain: N concurrent caption streams, batched vs one at a time ----------------
+def batch_gain(models_dir: Path, streams: int, seconds: float = 30.0) -> dict:
+    """Every 100 ms each stream sends a chunk; one tick's chunks go to the model as one
+    Triton batch would. Audio seconds transcribed per CPU second, max_batch 16 vs 1."""
+    ws = _common()
+    model = load_whisper(models_dir)
+    audio, _ = speech_stream(seconds + streams * 2.0)
+    step = RATE // 10
+    out: dict = {"streams": streams, "audio_s_per_stream": seconds}
+    for name, max_batch in (("batched", 16), ("serial", 1)):
+        settings = ws.WhisperSettings(english_only=True, stable_commit=4 * RATE,
+                                      max_batch=max_batch)
+        tr = ws.StreamingTranscriber(ws.BatchedWhisper(model, settings), settings)
+        n = int(seconds * RATE)
+        cpu0, wall0 = time.process_time(), time.perf_counter()
+        for i in range(0, n, step):
+            # stream k hears the speech from a different place (k * 2 s in)
+            chunks = [ws.Chunk(k, audio[k * 2 * RATE + i:k * 2 * RATE + i + step],
+                               start=i == 0, end=i + step >= n, language="en")
+                      for k in range(streams)]
+            tr.handle_batch(chunks, lambda _i, _r: None)
+        cpu, wall = time.process_time() - cpu0, time.perf_counter() - wall0
+        out[name] = {"cpu_s": round(cpu, 2), "wall_s": round(wall, 2),
+                     "audio_s_per_cpu_s": round(streams * seconds / cpu, 2)}
+        print(f"  {name}: {json.dumps(out[name])}", file=sys.stderr)
+    out["gain"] = round(out["batched"]["audio_s_per_cpu_s"] / out["serial"]["audio_s_per_cpu_s"], 2)
+    return out
+
+
+# -- the ramp: sessions at real-time pace until the lag passes the limit ------------------
+def _cpu_seconds(pids: list[int]) -> float:
+    """utime + stime of these processes and their children (Triton's model stubs)."""
+    tick = os.sysconf("SC_CLK_TCK")
+    children: dict[int, list[int]] = {}
+    for d in Path("/proc").iterdir():
+        if d.name.isdigit():
+            try:
+                fields = (d / "stat").read_text().rsplit(")", 1)[1].split()
+            except OSError:
+                continue
+            children.setdefault(int(fields[1]), []).append(int(d.name))
+    total, todo, seen = 0.0, list(pids), set()
+    while todo:
+        pid = todo.pop()
+        if pid in seen:
+            continue
+        seen.add(pid)
+        todo += children.get(pid, [])
+        try:
+            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        total += (int(fields[11]) + int(fields[12])) / tick
+    return total
+
+
+def _metrics(url: str) -> dict[str, float]:
+    """A Prometheus text page as {series: value}."""
+    import urllib.request
+
+    with urllib.request.urlopen(url, timeout=5) as r:
+        text = r.read().decode()
+    out = {}
+    for line in text.splitlines():
+        if line and not line.startswith("#"):
+            key, _, value = line.rpartition(" ")
+            try:
+                out[key] = float(value)
+            except ValueError:
+                pass
+    return out
+
+
+def triton_batches(before: dict, after: dict) -> dict:
+    """Per model: requests, executions, measured batch size (requests / executions),
+    mean queue and compute time per request, from Triton's own counters."""
+    out = {}
+    for key, value in after.items():
+        if not key.startswith("nv_inference_request_success{"):
+            continue
+        model = key.split('model="')[1].split('"')[0]
+        label = key[key.index("{"):]
+
+        def delta(name, _label=label):
+            return after.get(name + _label, 0.0) - before.get(name + _label, 0.0)
+
+        requests, execs = value - before.get(key, 0.0), delta("nv_inference_exec_count")
+        if requests <= 0:
+            continue
+        out[model] = {
+            "requests": int(requests), "executions": int(execs),
+            "batch_size": round(requests / execs, 2) if execs else None,
+            "queue_ms": round(delta("nv_inference_queue_duration_us") / requests / 1000, 1),
+            "compute_ms": round(delta("nv_inference_compute_infer_duration_us") / requests
+                                / 1000, 1),
+        }
+    return out
+
+
+def stage_latency(before: dict, after: dict, name: str = "rtmedia_turn_latency_seconds"
+                  ) -> dict:
+    """Median and p95 per stage of a histogram, over the requests between two scrapes."""
+    stages: dict[str, list[tuple[float, float]]] = {}
+    for key, value in after.items():
+        if key.startswith(name + "_bucket{"):
+            stage = key.split('stage="')[1].split('"')[0]
+            le = key.split('le="')[1].split('"')[0]
+            stages.setdefault(stage, []).append(
+                (float("inf") if le == "+Inf" else float(le), value - before.get(key, 0.0)))
+    out = {}
+    for stage, buckets in stages.items():
+        buckets.sort()
+        total = buckets[-1][1]
+        if total <= 0:
+            continue
+        row = {"n": int(total)}
+        for q in (0.5, 0.95):
+            prev_le, prev_c = 0.0, 0.0
+            for le, c in buckets:
+                if c >= q * total:
+                    frac = 0.0 if c == prev_c else (q * total - prev_c) / (c - prev_c)
+                    row[f"p{int(q * 100)}_ms"] = (None if le == float("inf") else
+                                                  round((prev_le + frac * (le - prev_le)) * 1000))
+                    break
+                prev_le, prev_c = le, c
+        out[stage] = row
+    return out
+
+
+async def caption_level(url: str, sessions: int) -> dict:
+    from bench.agent import CAPTION_TEXT, caption_run, summary
+    from pipelines.speech import espeak_speech
+
+    audio = espeak_speech(CAPTION_TEXT)
+    runs = await asyncio.gather(*[caption_run(url, audio) for _ in range(sessions)],
+                                return_exceptions=True)
+    ok = [r for r in runs if isinstance(r, dict)]
+    finals = [r["final_lag"] for r in ok if r["final_lag"] is not None]
+    return {"audio_s": sessions * audio.size / RATE,
+            "word_lag": summary([x for r in ok for x in r["word_lags"]]),
+            "final_lag": summary(finals), "completed": len(finals)}
+
+
+async def agent_level(url: str, sessions: int, turns: int) -> dict:
+    from bench.agent import QUESTIONS, agent_turn, summary
+    from pipelines.speech import espeak_speech
+
+    rate = 24000
+    questions = [espeak_speech(q, rate=rate) for q in QUESTIONS]
+
+    async def one(k: int) -> list[float | None]:
+        await asyncio.sleep(0.37 * k)  # people do not all stop talking at once
+        return [await agent_turn(url, questions[(k + t) % len(questions)], rate)
+                for t in range(turns)]
+
+    runs = await asyncio.gather(*[one(k) for k in range(sessions)], return_exceptions=True)
+    lat = [x for r in runs if isinstance(r, list) for x in r if x is not None]
+    audio_s = sum(q.size / rate + 2.3 for q in questions) / len(questions) * sessions * turns
+    return {"audio_s": audio_s, "first_audio": summary(lat),
+            "completed": len(lat), "turns": sessions * turns}
+
+
+async def ramp(url: str, http: str, triton_metrics: str | None, pids: list[int],
+               kind: str, levels: list[int], args) -> list[dict]:
+    rows = []
+    for k in levels:
+        before = _metrics(triton_metrics) if triton_metrics else {}
+        server0 = _metrics(http + "/metrics")
+        cpu0 = _cpu_seconds(pids) if pids else None
+        if kind == "captions":
+            row = await caption_level(url, k)
+            ok = (row["completed"] == k
+                  and (row["word_lag"]["median_ms"] or 1e9) <= args.max_lag_ms
+                  and (row["final_lag"]["median_ms"] or 1e9) <= args.max_lag_ms)
+        else:
+            row = await agent_level(url, k, args.turns)
+            ok = (row["completed"] == row["turns"]
+                  and (row["first_audio"]["median_ms"] or 1e9) <= args.max_first_audio_ms)
+        row = {"sessions": k, **row, "held": ok}
+        if cpu0 is not None:
+            row["cpu_s_per_audio_s"] = round((_cpu_seconds(pids) - cpu0) / row["audio_s"], 3)
+        row["stages"] = stage_latency(server0, _metrics(http + "/metrics"))
+        if triton_metrics:
+            row["triton"] = triton_batches(before, _metrics(triton_metrics))
+        rows.append(row)
+        print(f"  {kind} x{k}: {json.dumps(row)}", file=sys.stderr)
+        if not ok:
+            break
+    return rows
+
+
+def _triton_metrics_url(pid: int) -> str | None:
+    """The metrics address of the tritonserver the local stack started (its command line)."""
+    try:
+        argv = Path(f"/proc/{pid}/cmdline").read_bytes().decode().split("\0")
+    except OSError:
+        return None
+    opts = dict(a[2:].split("=", 1) for a in argv if a.startswith("--") and "=" in a)
+    if "metrics-port" not in opts:
+        return None
+    return f"http://{opts.get('metrics-address', '127.0.0.1')}:{opts['metrics-port']}/metrics"
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="rtmedia bench capacity", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--url", help="media server ws://HOST:PORT/v1/realtime (default: start "
+                                 "Triton and the server locally)")
+    p.add_argument("--triton-metrics", help="Triton's metrics URL with --url "
+                                            "(http://HOST:8002/metrics)")
+    p.add_argument("--captions", action="store_true", help="ramp caption sessions")
+    p.add_argument("--agents", action="store_true", help="ramp voice-agent sessions")
+    p.add_argument("--start", type=int, default=2)
+    p.add_argument("--step", type=int, default=2)
+    p.add_argument("--max", type=int, default=32)
+    p.add_argument("--agent-levels", type=int, nargs="*", default=[1, 2, 3, 4, 6, 8])
+    p.add_argument("--turns", type=int, default=3, help="turns per voice-agent session")
+    p.add_argument("--max-lag-ms", type=float, default=1000.0)
+    p.add_argument("--max-first-audio-ms", type=float, default=1500.0)
+    p.add_argument("--batch-gain", action="store_true")
+    p.add_argument("--streams", type=int, default=8)
+    p.add_argument("--long-stream", action="store_true")
+    p.add_argument("--minutes", type=float, default=5.0)
+    p.add_argument("--models-dir", type=Path,
+                   default=Path(os.environ.get("AI_MODELS_DIR", "/opt/ai-models")))
+    p.add_argument("--json", action="store_true")
+    args = p.parse_args(argv)
+
+    results: dict = {}
+    if args.batch_gain:
+        results["batch_gain"] = batch_gain(args.models_dir, args.streams)
+    if args.long_stream:
+        results["long_stream"] = long_stream(args.models_dir, args.minutes)
+    if not (args.batch_gain or args.long_stream) or args.captions or args.agents:
+        kinds = [k for k, on in (("captions", args.captions), ("agents", args.agents)) if on] \
+            or ["captions", "agents"]
+        levels = {"captions": list(range(args.start, args.max + 1, args.step)),
+                  "agents": args.agent_levels}
+
+        def run_all(url: str, http: str, tm: str | None, pids: list[int]) -> None:
+            for kind in kinds:
+                rows = asyncio.run(ramp(url, http, tm, pids, kind, levels[kind], args))
+                held = [r["sessions"] for r in rows if r["held"]]
+                results[kind] = {"sessions_held": max(held) if held else 0, "levels": rows}
+
+        if args.url:
+            http = args.url.replace("ws://", "http://").replace("wss://", "https://")
+            run_all(args.url, http.split("/v1/")[0], args.triton_metrics, [])
+        else:
+            from bench.stack import local_stack
+
+            procs: dict[str, int] = {}
+            with local_stack(processes=procs) as http:
+                url = http.replace("http://", "ws://") + "/v1/realtime"
+                run_all(url, http, _triton_metrics_url(procs["tritonserver"]),
+                        list(procs.values()))
+    if args.json:
+        print(json.dumps(results, indent=2))
+    else:
+        for key, value in results.items():
+            print(f"{key}: {json.dumps(value)}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
