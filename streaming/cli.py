@@ -9,7 +9,6 @@ import time
 from pathlib import Path
 
 from streaming import models_cli
-from streaming import models_cli
 from streaming.model_store import ModelStore, ModelStoreError, human_size
 from streaming.settings import USE_CASES, Settings
 
@@ -414,7 +413,6 @@ def build_parser() -> argparse.ArgumentParser:
     sp = models.add_parser("catalog", help="list the production models one can download")
     sp.add_argument("--catalog")
     sp.set_defaults(func=cmd_models_catalog)
-    models_cli.add_commands(models)  # load | unload | status of a running server
     models_cli.add_commands(models)  # load | unload | status of a running server
 
     sp = store_arg(sub.add_parser("triton", help="run the local tritonserver"))
