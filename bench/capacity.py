@@ -4,6 +4,7 @@ batching and stable-prefix commits buy.
     rtmedia bench capacity [--captions] [--agents] [--start N --step N --max N]
     rtmedia bench capacity --batch-gain [--streams 8]
     rtmedia bench capacity --long-stream [--minutes 5]
+    rtmedia bench capacity --tts [--tts-levels 1 2 4 8] [--tts-workers 1 2 4]
 
 The ramp (default) starts a local Triton and the media server (or uses --url) and
 adds sessions streaming espeak-ng speech at real-time pace until the median caption
@@ -363,6 +364,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--max-first-audio-ms", type=float, default=1500.0)
     p.add_argument("--batch-gain", action="store_true")
     p.add_argument("--streams", type=int, default=8)
+    p.add_argument("--tts", action="store_true", help="piper first audio under concurrency "
+                                                     "for several worker counts")
+    p.add_argument("--tts-levels", type=int, nargs="*", default=[1, 2, 4, 8])
+    p.add_argument("--tts-workers", type=int, nargs="*", default=[1, 2, 4])
     p.add_argument("--long-stream", action="store_true")
     p.add_argument("--minutes", type=float, default=5.0)
     p.add_argument("--models-dir", type=Path,
@@ -375,7 +380,9 @@ def main(argv: list[str] | None = None) -> int:
         results["batch_gain"] = batch_gain(args.models_dir, args.streams)
     if args.long_stream:
         results["long_stream"] = long_stream(args.models_dir, args.minutes)
-    if not (args.batch_gain or args.long_stream) or args.captions or args.agents:
+    if args.tts:
+        results["tts"] = tts_concurrency(args.models_dir, args.tts_levels, args.tts_workers)
+    if not (args.batch_gain or args.long_stream or args.tts) or args.captions or args.agents:
         kinds = [k for k, on in (("captions", args.captions), ("agents", args.agents)) if on] \
             or ["captions", "agents"]
         levels = {"captions": list(range(args.start, args.max + 1, args.step)),
@@ -408,3 +415,65 @@ def main(argv: list[str] | None = None) -> int:
 
 if __name__ == "__main__":
     sys.exit(main())
+
+
+# -- TTS under concurrency: do requests of several sessions overlap? ----------------------
+async def _tts_level(client, concurrency: int, rounds: int = 3) -> dict:
+    from bench.agent import summary
+    from pipelines.services import synthesize
+
+    texts = ["Sure, I can help you with that right away.",
+             "The store opens at nine in the morning on weekdays.",
+             "Paris is the capital of France.", "Here is a quick recipe for a cup of tea."]
+
+    async def one(k: int) -> float:
+        t0 = time.perf_counter()
+        async for _chunk in synthesize(client, texts[k % len(texts)]):
+            return time.perf_counter() - t0
+        return float("nan")
+
+    firsts: list[float] = []
+    t0 = time.perf_counter()
+    for _ in range(rounds):
+        firsts += await asyncio.gather(*[one(k) for k in range(concurrency)])
+    return {"concurrency": concurrency, "first_audio": summary(firsts),
+            "wall_s": round(time.perf_counter() - t0, 2)}
+
+
+def tts_concurrency(models_dir: Path, levels: list[int], workers: list[int]) -> dict:
+    """First-audio latency of concurrent piper requests for each ``workers`` value (the
+    requests one instance synthesizes in parallel): the model is reloaded with the value
+    patched into its rendered config.pbtxt."""
+    import re
+    import tempfile
+
+    from bench.stack import free_port
+    from pipelines.triton_client import TritonClient
+    from streaming.settings import Settings
+    from streaming.triton_server import TritonServer
+
+    s = Settings.from_env().replace(
+        models_dir=models_dir, placement="cpu", triton_http_port=free_port(),
+        triton_grpc_port=free_port(), triton_metrics_port=free_port(),
+        state_dir=Path(tempfile.mkdtemp(prefix="rtmedia-capacity-")))
+    config = s.state_dir / "model_repository" / "tts" / "piper" / "config.pbtxt"
+    out: dict = {}
+
+    async def measure() -> None:
+        client = TritonClient(TritonServer(s).grpc_url)
+        try:
+            for w in workers:
+                config.write_text(re.sub(r'(key: "workers", value: \{ string_value: ")\d+',
+                                         rf"\g<1>{w}", config.read_text()))
+                await client.load("piper")
+                await _tts_level(client, 1, rounds=1)  # warm
+                out[f"workers={w}"] = [await _tts_level(client, c) for c in levels]
+                print(f"  piper workers={w}: {json.dumps(out[f'workers={w}'])}",
+                      file=sys.stderr)
+        finally:
+            await client.close()
+
+    with TritonServer(s, models=["piper"], log_path=s.state_dir / "triton.log").start(
+            wait_s=240):
+        asyncio.run(measure())
+    return out
