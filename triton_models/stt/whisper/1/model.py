@@ -52,7 +52,8 @@ class TritonPythonModel:
             str(weights),
             device="cuda" if gpu else "cpu",
             device_index=int(args.get("model_instance_device_id", 0)),
-            compute_type=_param(cfg, "compute_type", "float16" if gpu else "int8"),
+            compute_type=_param(cfg, "gpu_compute_type", "float16") if gpu
+            else _param(cfg, "compute_type", "int8"),
             cpu_threads=int(_param(cfg, "cpu_threads", "2")),
             local_files_only=True,
         )
@@ -66,7 +67,9 @@ class TritonPythonModel:
             trim_encoder=_param(cfg, "trim_encoder", "true").lower() == "true",
             stable_commit=int(float(_param(cfg, "stable_commit_s", "0")) * SAMPLE_RATE),
             max_batch=max(1, int(cfg.get("max_batch_size", 16))),
-            bucket_s=float(_param(cfg, "batch_bucket_s", "1")),
+            # a GPU encodes a padded 30 s window about as fast as a short one: one group
+            bucket_s=float(_param(cfg, "gpu_batch_bucket_s" if gpu else "batch_bucket_s",
+                                  "30" if gpu else "1")),
         )
         self.transcriber = StreamingTranscriber(BatchedWhisper(model, settings), settings)
         # Warm up so the first user does not pay for lazy initialisation.
