@@ -18,7 +18,7 @@ from tests.deploy_stack import deploy_stack  # noqa: F401  (nginx, Redis, two re
 
 ARTIFACTS = Path(__file__).resolve().parent.parent / "test-artifacts"
 # The models the shared server loads; whisper_base is loaded/unloaded by a test.
-SESSION_MODELS = ["whisper", "piper", "llm", "avatar"]
+SESSION_MODELS = ["whisper", "piper", "llm", "avatar", "smart_turn"]
 
 
 def pytest_collection_modifyitems(items) -> None:

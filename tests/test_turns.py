@@ -286,3 +286,14 @@ def test_features_see_the_last_8_s_padded_at_the_start():
     assert np.isfinite(mel).all() and mel.max() - mel.min() <= 2.0 + 1e-6  # 8 log10 / 4
     # silence before the speech is the floor; the speech at the end is above it
     assert mel[:, :400].mean() < mel[:, -200:].mean()
+
+
+def test_segments_in_other_scripts_survive_the_clean_up():
+    """Whisper's Hindi comes in Devanagari: it must not be dropped as "empty"."""
+    from triton_models.common.whisper_stream import SCRIPT_PROMPTS, Seg, clean_segments
+
+    segs = [Seg(0.0, 1.0, " नमस्ते दोस्तों"), Seg(1.0, 2.0, " नमस्ते दोस्तों"),
+            Seg(2.0, 3.0, " आज मौसम अच्छा है।")]
+    assert [s.text for s in clean_segments(segs, 3.0)] == [" नमस्ते दोस्तों",
+                                                           " आज मौसम अच्छा है।"]
+    assert all(not p.isascii() for p in SCRIPT_PROMPTS.values())

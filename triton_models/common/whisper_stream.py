@@ -27,6 +27,16 @@ import numpy as np
 
 SAMPLE_RATE = 16000
 IDLE_EXPIRY_S = 180.0
+# A sentence in the language's own script ("this is a conversation in ..."), given to
+# Whisper as the text before the window: without it the small multilingual models
+# often write Hindi and its neighbours in Latin or Urdu script.
+SCRIPT_PROMPTS = {
+    "hi": "यह हिंदी में बातचीत है।", "mr": "हे मराठीत संभाषण आहे.",
+    "bn": "এটি বাংলায় কথোপকথন।", "ta": "இது தமிழில் ஒரு உரையாடல்.",
+    "te": "ఇది తెలుగులో సంభాషణ.", "kn": "ಇದು ಕನ್ನಡದಲ್ಲಿ ಸಂಭಾಷಣೆ.",
+    "ml": "ഇത് മലയാളത്തിലുള്ള സംഭാഷണമാണ്.", "gu": "આ ગુજરાતીમાં વાતચીત છે.",
+    "pa": "ਇਹ ਪੰਜਾਬੀ ਵਿੱਚ ਗੱਲਬਾਤ ਹੈ।",
+}
 NO_SPEECH_PROB = 0.6  # faster-whisper's defaults: skip a window that is silence
 LOGPROB_THRESHOLD = -1.0
 PREPEND_PUNCTUATIONS = "\"'“¿([{-"  # faster-whisper's defaults for word timestamps
@@ -123,7 +133,9 @@ def token_budget(n_samples: int) -> int:
 
 
 def _norm(text: str) -> str:
-    return re.sub(r"[^a-z0-9 ]", "", text.lower()).strip()
+    """Letters and digits of any script (Devanagari text must not normalize to nothing:
+    its segments would be dropped as empty)."""
+    return re.sub(r"[^\w ]|_", "", text.lower()).strip()
 
 
 def drop_repeats(text: str) -> str:
@@ -227,7 +239,8 @@ class TranscribeDecoder:
         for audio, language in zip(windows, languages, strict=True):
             self._fit(audio.size)
             segments, info = self.model.transcribe(
-                audio, language=language, beam_size=1, temperature=0.0,
+                audio, language=language, initial_prompt=SCRIPT_PROMPTS.get(language or ""),
+                beam_size=1, temperature=0.0,
                 without_timestamps=not self.settings.stable_commit,
                 condition_on_previous_text=False, max_new_tokens=token_budget(audio.size))
             out.append(Hypothesis(list(segments), getattr(info, "language", language)))
@@ -238,11 +251,17 @@ class TranscribeDecoder:
         for audio, language in zip(windows, languages, strict=True):
             self._fit(audio.size)
             segments, info = self.model.transcribe(
-                audio, language=language, beam_size=self.settings.beam_size,
+                audio, language=language, initial_prompt=SCRIPT_PROMPTS.get(language or ""),
+                beam_size=self.settings.beam_size,
                 temperature=0.0, word_timestamps=True, condition_on_previous_text=False,
                 max_new_tokens=min(440, token_budget(audio.size)))
             out.append(Hypothesis(list(segments), getattr(info, "language", language)))
         return out
+
+
+def _script_tokens(tokenizer, language: str) -> list[int]:
+    prompt = SCRIPT_PROMPTS.get(language)
+    return tokenizer.encode(" " + prompt) if prompt else []
 
 
 class BatchedWhisper:
@@ -316,7 +335,9 @@ class BatchedWhisper:
         encoded = self.model.model.encode(self._storage(self.features(windows)))
         langs = self._languages(encoded, languages)
         toks = [self.tokenizer(lang) for lang in langs]
-        prompts = [self.model.get_prompt(t, [], without_timestamps=not timestamps) for t in toks]
+        prompts = [self.model.get_prompt(t, _script_tokens(t, lang),
+                                         without_timestamps=not timestamps)
+                   for t, lang in zip(toks, langs, strict=True)]
         # One token budget per group, from its encoder length: CTranslate2 stops rows by
         # one max_length, and a row must stop where it would alone.
         budget = token_budget((max(self.frames(w.size) for w in windows) - 100) * 160)
