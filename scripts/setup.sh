@@ -5,8 +5,10 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-# espeak-ng: Indian-language TTS and test speech; chromium: the browser tests
-APT_PACKAGES=(espeak-ng chromium)
+# espeak-ng: Indian-language TTS and test speech; chromium: the browser tests;
+# nginx, redis-server, prometheus (with promtool), coturn: the deployment tests run the
+# real servers on loopback (tests/deploy_stack.py); openssl: nginx/make-cert.sh
+APT_PACKAGES=(espeak-ng chromium nginx redis-server prometheus coturn openssl)
 missing=()
 for pkg in "${APT_PACKAGES[@]}"; do
   dpkg -s "$pkg" >/dev/null 2>&1 || missing+=("$pkg")

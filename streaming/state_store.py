@@ -18,7 +18,8 @@ import secrets
 import time
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable
-from typing import Any, TypeVar
+from dataclasses import is_dataclass
+from typing import Any, TypeVar, get_args, get_origin, get_type_hints
 
 from streaming import metrics as M
 from streaming.auth import SECRET_PREFIX, ClientSecret, MemorySecretStore
@@ -233,14 +234,24 @@ def snapshot(session: Any) -> dict:
     }
 
 
+def _rebuild(hint: Any, value: Any) -> Any:
+    """A config value back from JSON: dicts become the dataclass the field holds
+    (``VadConfig``, an optional end-of-turn config ...), lists of two become tuples."""
+    if isinstance(value, dict):
+        for cls in (hint, *get_args(hint)):
+            if is_dataclass(cls):
+                hints = get_type_hints(cls)
+                return cls(**{k: _rebuild(hints[k], v) for k, v in value.items() if k in hints})
+    if isinstance(value, list) and (hint is tuple or get_origin(hint) is tuple):
+        return tuple(value)
+    return value
+
+
 def restore(session: Any, state: dict, session_id: str) -> list[dict]:
     """Give a new RealtimeSession (before ``start()``) the id, settings and conversation
     of ``state``; returns the restored items as protocol items, for the client."""
-    from dataclasses import fields
-
     from pipelines.agent import AgentConfig
     from pipelines.conversation import Item, Span
-    from pipelines.vad import VadConfig
 
     session.id = session_id
     session.agent.session_id = session_id
@@ -252,12 +263,8 @@ def restore(session: Any, state: dict, session_id: str) -> list[dict]:
                                                session.output_modalities))
     session.configured = bool(state.get("configured", False))
     config = dict(state.get("config") or {})
-    known = {f.name for f in fields(AgentConfig)}
-    changes = {k: v for k, v in config.items() if k in known and k != "vad"}
-    if isinstance(config.get("vad"), dict):
-        vad_known = {f.name for f in fields(VadConfig)}
-        changes["vad"] = VadConfig(**{k: v for k, v in config["vad"].items()
-                                      if k in vad_known})
+    hints = get_type_hints(AgentConfig)
+    changes = {k: _rebuild(hints[k], v) for k, v in config.items() if k in hints}
     if session.media is not None:
         changes.pop("output_rate", None)  # WebRTC tracks have their own rate
     session.agent.configure(**changes)

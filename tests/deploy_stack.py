@@ -122,13 +122,16 @@ class Replica:
             self.proc.kill()
             return self.proc.wait()
 
-    def sessions_open(self) -> float:
-        """rtmedia_sessions_active summed over kinds, from its metrics listener."""
+    def metric(self, name: str) -> float:
+        """A metric summed over its labels, from the replica's metrics listener."""
         with urllib.request.urlopen(f"http://127.0.0.1:{self.metrics_port}/metrics",
                                     timeout=3) as r:
             text = r.read().decode()
         return sum(float(m) for m in re.findall(
-            r'^rtmedia_sessions_active\{[^}]*\} (\S+)$', text, re.M))
+            rf'^{name}(?:\{{[^}}]*\}})? (\S+)$', text, re.M))
+
+    def sessions_open(self) -> float:
+        return self.metric("rtmedia_sessions_active")
 
 
 @dataclass
@@ -225,6 +228,8 @@ class Stack:
 
 
 GLOBAL_MAX_SESSIONS = 5
+KEY = "sk-deploy-" + "4e1b" * 8
+AUTH = {"Authorization": "Bearer " + KEY}
 
 
 @pytest.fixture(scope="session")
@@ -239,7 +244,7 @@ def deploy_stack(triton, triton_settings, model_store, tmp_path_factory):
                    RTMEDIA_TRITON_URL=triton.grpc_url, RTMEDIA_REDIS_URL=redis_server.url,
                    RTMEDIA_METRICS_PORT=str(free_port()), RTMEDIA_MAX_SESSIONS="4",
                    RTMEDIA_GLOBAL_MAX_SESSIONS=str(GLOBAL_MAX_SESSIONS),
-                   RTMEDIA_DRAIN_GRACE_S="30", RTMEDIA_API_KEY="",
+                   RTMEDIA_DRAIN_GRACE_S="30", RTMEDIA_API_KEY=KEY,
                    RTMEDIA_ALLOWED_ORIGINS="same-origin,loopback")
         replicas.append(Replica(f"media-{i}", free_port(), int(env["RTMEDIA_METRICS_PORT"]),
                                 env, folder / f"media-{i}.log"))

@@ -19,7 +19,7 @@ import websockets
 
 from pipelines.audio import float_to_pcm16
 from pipelines.speech import espeak_speech
-from tests.deploy_stack import http_status, wait_until
+from tests.deploy_stack import AUTH, KEY, http_status, wait_until
 
 pytestmark = pytest.mark.triton
 
@@ -35,7 +35,7 @@ def voice_session(**extra) -> dict:
 
 async def open_ws(stack, query: str = ""):
     ws = await websockets.connect(stack.nginx.wss + query, ssl=stack.nginx.ssl_context(),
-                                  compression=None, max_size=None)
+                                  compression=None, max_size=None, additional_headers=AUTH)
     created = json.loads(await asyncio.wait_for(ws.recv(), 10))
     assert created["type"] == "session.created", created
     return ws, created["session"]["id"]
@@ -92,7 +92,7 @@ async def test_openai_sdk_voice_turn_over_wss(deploy_stack):
     from openai import AsyncOpenAI
 
     nginx = deploy_stack.nginx
-    oa = AsyncOpenAI(base_url=nginx.https + "/v1", api_key="unused")
+    oa = AsyncOpenAI(base_url=nginx.https + "/v1", api_key=KEY)
     question = espeak_speech("What colour is the sky on a sunny day?", rate=24000)
     audio_out, user_text = [], ""
     async with oa.realtime.connect(model="rtmedia-voice", websocket_connection_options={
@@ -142,7 +142,7 @@ async def test_webrtc_signalling_through_nginx(deploy_stack):
         async with aiohttp.ClientSession() as http, http.post(
                 deploy_stack.nginx.https + "/v1/realtime/calls",
                 data=pc.localDescription.sdp, ssl=deploy_stack.nginx.ssl_context(),
-                headers={"Content-Type": "application/sdp"}) as resp:
+                headers={"Content-Type": "application/sdp", **AUTH}) as resp:
             answer = await resp.text()
             assert resp.status == 201, answer
             assert resp.headers["Strict-Transport-Security"]
@@ -176,7 +176,7 @@ async def test_drain_then_replica_gone(deploy_stack):
             await w.close()
         # the open session still holds a text turn on the draining replica
         await ws.send(json.dumps({"type": "session.update", "session": {
-            "type": "realtime", "output_modalities": ["text"],
+            "type": "realtime", "output_modalities": ["text"], "max_output_tokens": 16,
             "instructions": "Answer in a few words."}}))
         await next_event(ws, "session.updated")
         await ws.send(json.dumps({"type": "conversation.item.create", "item": {
