@@ -333,9 +333,11 @@ class VoiceAgent:
         self.start_response()
 
     # -- replies ----------------------------------------------------------------------------
-    def add_message(self, role: str, text: str, item_id: str | None = None) -> str:
+    def add_message(self, role: str, text: str, item_id: str | None = None,
+                    images: tuple[bytes, ...] = ()) -> str:
+        """``images``: a user message that shows something (input_image parts)."""
         item_id = item_id or new_id("item")
-        self.conversation.add(item_id, role, text)
+        self.conversation.add(item_id, role, text, images=images)
         return item_id
 
     def add_function_item(self, kind: str, call_id: str, *, output: str = "",

@@ -52,6 +52,9 @@ class Item:
     call_id: str = ""
     name: str = ""
     arguments: str = ""
+    # a user message that shows something (input_image parts, a camera frame): the
+    # encoded images; the turn then goes to the multimodal model
+    images: tuple[bytes, ...] = ()
 
     @property
     def audio_s(self) -> float:
@@ -117,6 +120,10 @@ class Conversation:
                     out.append({"role": "assistant", "content": "", "tool_calls": [call]})
             elif i.type == "function_call_output":
                 out.append({"role": "tool", "tool_call_id": i.call_id, "content": i.text})
+            elif i.images:
+                out.append({"role": i.role, "content": [
+                    *({"type": "image", "image": b} for b in i.images),
+                    *([{"type": "text", "text": i.text}] if i.text else [])]})
             elif i.text:
                 out.append({"role": i.role, "content": i.text})
         return out

@@ -37,6 +37,10 @@ class ModelRouter:
     # the channels' HTTP/2 keepalive (Settings.triton_keepalive(): the one the local
     # tritonserver is started to accept)
     keepalive: Keepalive = field(default_factory=Keepalive)
+    # How the agent reaches the multimodal model for turns with images (a
+    # pipelines.vision.VisionBackend; the media server sets one that loads it on first
+    # use); None: straight through this router
+    vision: object | None = None
 
     def route(self, use_case: str) -> Route:
         """``use_case`` may also be a role inside one (``stt_multilingual``, ``turn``):

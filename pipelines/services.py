@@ -221,5 +221,8 @@ class TritonTurnJudge:
 
 
 def triton_services(router: ModelRouter) -> Services:
-    return Services(TritonSTT(router), TritonLLM(router), TritonTTS(router),
-                    TritonTurnJudge(router))
+    from pipelines.vision import DirectVision, VisionRoutingLLM
+
+    # a turn with images goes to the multimodal model, the others to the LLM
+    llm = VisionRoutingLLM(TritonLLM(router), router.vision or DirectVision(router))
+    return Services(TritonSTT(router), llm, TritonTTS(router), TritonTurnJudge(router))

@@ -40,7 +40,13 @@ from pipelines.services import chat
 from pipelines.triton_client import TritonModelError, TritonUnavailable
 from pipelines.video_clip import decode_clip, transcribe_clip
 from pipelines.vision import vision_chat
-from streaming.model_loader import Busy, ModelLoader, ModelUnavailable, store_size
+from streaming.model_loader import (
+    Busy,
+    LoadedVision,
+    ModelLoader,
+    ModelUnavailable,
+    store_size,
+)
 from streaming.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -375,6 +381,7 @@ def install(app: web.Application, router: ModelRouter, settings: Settings) -> Mo
     app[ROUTER_KEY] = router
     app[SETTINGS_KEY] = settings
     loader = app[LOADER] = make_loader(router, settings)
+    router.vision = LoadedVision(loader)  # the voice agent's turns with images
     app.router.add_post("/v1/chat/completions", chat_completions)
     app.router.add_get("/v1/models", list_models)
     app.router.add_post("/v1/models/{name}/load", load_model)

@@ -109,6 +109,8 @@ class ItemCreate:
     role: str
     text: str
     item_id: str | None = None
+    # input_image parts of a user message: the decoded image files (PNG/JPEG/...)
+    images: tuple[bytes, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -425,10 +427,17 @@ def _item(item: Any, max_text: int) -> ItemCreate | FunctionItemCreate:
         raise ProtocolError("invalid_item", "item.content must be a list of content parts",
                             "item.content")
     texts = []
+    images: list[bytes] = []
     for i, part in enumerate(content):
         if not isinstance(part, dict):
             raise ProtocolError("invalid_item", "a content part is an object",
                                 f"item.content[{i}]")
+        if part.get("type") == "input_image":
+            if role != "user" or len(images) >= MAX_ITEM_IMAGES:
+                raise ProtocolError("invalid_item", "input_image parts: user messages only, "
+                                    f"at most {MAX_ITEM_IMAGES}", f"item.content[{i}]")
+            images.append(_image(part.get("image_url"), f"item.content[{i}].image_url"))
+            continue
         for key in ("text", "transcript"):
             value = part.get(key)
             if value is not None and not isinstance(value, str):
@@ -438,14 +447,32 @@ def _item(item: Any, max_text: int) -> ItemCreate | FunctionItemCreate:
                 _utf8(value, f"item.content[{i}].{key}", "invalid_item")
                 texts.append(value)
     text = " ".join(texts).strip()
-    if not text:
-        raise ProtocolError("invalid_item", "a message item needs text content",
+    if not text and not images:
+        raise ProtocolError("invalid_item", "a message item needs text or image content",
                             "item.content")
     if len(text) > max_text:
         raise ProtocolError("text_too_long", f"text exceeds {max_text} characters",
                             "item.content")
     item_id = _str(item, "id", "item", 64, "invalid_item")
-    return ItemCreate(role, text, item_id)
+    return ItemCreate(role, text, item_id, tuple(images))
+
+
+MAX_ITEM_IMAGES = 4
+
+
+def _image(url: Any, path: str) -> bytes:
+    """An input_image's ``image_url``: a base64 data URL (this server fetches nothing)."""
+    import base64
+    import binascii
+
+    if not isinstance(url, str) or not url.startswith("data:image/") or \
+            ";base64," not in url[:64]:
+        raise ProtocolError("invalid_image", "image_url must be a base64 data URL "
+                            "(data:image/png;base64,...)", path)
+    try:
+        return base64.b64decode(url.split(",", 1)[1], validate=True)
+    except (binascii.Error, ValueError):
+        raise ProtocolError("invalid_image", "image_url is not valid base64", path) from None
 
 
 def _body(kind: str, event: dict, *, max_instructions: int, max_text: int) -> Any:

@@ -28,6 +28,7 @@ from pathlib import Path
 from prometheus_client import Counter, Gauge, Histogram
 
 from pipelines.router import ModelRouter, Route
+from pipelines.vision import VisionToken, vision_chat
 from streaming import metrics as M
 
 log = logging.getLogger(__name__)
@@ -270,3 +271,26 @@ class ModelLoader:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._reaper
             self._reaper = None
+
+
+@dataclass
+class LoadedVision:
+    """The voice agent's way to the multimodal model (pipelines.vision.VisionBackend):
+    through the loader, so a turn with an image loads the model on first use and
+    counts against its cap like any other heavy request."""
+
+    loader: ModelLoader
+    use_case: str = "multimodal"
+
+    def chat(self, messages: list[dict], images: list[bytes], *, max_tokens: int,
+             temperature: float | None, seed: int | None) -> AsyncIterator[VisionToken]:
+        return self._chat(messages, images, max_tokens=max_tokens, temperature=temperature,
+                          seed=seed)
+
+    async def _chat(self, messages: list[dict], images: list[bytes], **opts
+                    ) -> AsyncIterator[VisionToken]:
+        async with self.loader.use(self.use_case) as route:
+            gen = vision_chat(route.client, messages, images, model=route.model, **opts)
+            async with contextlib.aclosing(gen):
+                async for tok in gen:
+                    yield tok

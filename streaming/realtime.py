@@ -362,10 +362,13 @@ class RealtimeSession:
 
     async def _item_create(self, event: E.ItemCreate) -> None:
         item_id = event.item_id or new_id("item")
-        self.agent.add_message(event.role, event.text, item_id)
+        self.agent.add_message(event.role, event.text, item_id, images=event.images)
+        # images are not echoed back (their bytes): one input_image part stands for each
         self.emit("conversation.item.added", previous_item_id=None, item={
             "id": item_id, "type": "message", "role": event.role, "status": "completed",
-            "content": [{"type": "input_text", "text": event.text}]})
+            "content": [*({"type": "input_image"} for _ in event.images),
+                        *([{"type": "input_text", "text": event.text}] if event.text
+                          else [])]})
 
     async def _function_item_create(self, event: E.FunctionItemCreate) -> None:
         """The client's result for a call (or a call it puts into the history)."""

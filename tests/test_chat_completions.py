@@ -221,3 +221,58 @@ async def test_loading_comment_then_tokens_and_busy_under_the_cap(door):
             text = await r.text()
             assert 'rtmedia_model_load_seconds_count{model="vlm"}' in text
             assert 'rtmedia_heavy_requests_busy_total{model="vlm"}' in text
+
+
+async def model_successes(http_url: str, name: str) -> int:
+    async with aiohttp.ClientSession() as http, http.get(
+            f"{http_url}/v2/models/{name}/stats") as r:
+        stats = (await r.json()).get("model_stats", [])  # none while unloaded
+    return sum(s["inference_stats"]["success"]["count"] for s in stats)
+
+
+async def test_realtime_image_turn_goes_to_the_multimodal_model_and_is_spoken(door):
+    from streaming.client import RealtimeClient
+
+    url = door.http.replace("http://", "ws://") + "/v1/realtime"
+    before_vlm = await model_successes(door.heavy.http_url, "vlm")
+    client = await RealtimeClient(url).connect(headers={"Authorization": f"Bearer {KEY}"})
+    try:
+        assert (await client.wait_for("session.created")).type == "session.created"
+        await client.update({"type": "realtime", "max_output_tokens": 12,
+                             "audio": {"input": {"turn_detection": None}}})
+        await client.send({"type": "conversation.item.create", "item": {
+            "type": "message", "role": "user", "content": [
+                {"type": "input_image", "image_url": png_url((0, 120, 255))},
+                {"type": "input_text", "text": "What am I holding?"}]}})
+        added = await client.wait_for("conversation.item.added")
+        assert [p["type"] for p in added.data["item"]["content"]] == [
+            "input_image", "input_text"]
+        await client.send({"type": "response.create"})
+        events = []
+        async for ev in client.iter_events(timeout=60):
+            events.append(ev)
+            if ev.type in ("response.done", "connection.closed"):
+                break
+        # a text-only turn after it stays on the LLM
+        await client.send({"type": "conversation.item.create", "item": {
+            "type": "message", "role": "user",
+            "content": [{"type": "input_text", "text": "Thanks."}]}})
+        await client.wait_for("conversation.item.added")
+        between = await model_successes(door.heavy.http_url, "vlm")
+        await client.send({"type": "response.create"})
+        async for ev in client.iter_events(timeout=60):
+            if ev.type in ("response.done", "connection.closed"):
+                break
+        # a bad image is refused at the protocol edge
+        await client.send({"type": "conversation.item.create", "item": {
+            "type": "message", "role": "user", "content": [
+                {"type": "input_image", "image_url": "https://example.com/x.png"}]}})
+        error = await client.wait_for("error")
+    finally:
+        await client.close()
+    assert events[-1].type == "response.done", [e.type for e in events][-5:]
+    assert events[-1].data["response"]["status"] == "completed", events[-1].data
+    assert any(e.type == "response.output_audio.delta" for e in events)
+    assert between == before_vlm + 1  # the image turn was answered by the vlm model
+    assert await model_successes(door.heavy.http_url, "vlm") == between
+    assert error.data["error"]["code"] == "invalid_image"
