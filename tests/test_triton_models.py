@@ -146,21 +146,53 @@ async def test_llm_cancel_stops_generation(client):
         n += bool(tok.text)
     full = time.monotonic() - t0
     assert n >= 150
-    # Cancel after 5 tokens of a 1000-token request; one instance: if generation went
-    # on, the next request would wait for it (~10x `full`).
-    gen = chat(client, long_msgs, max_tokens=1000, ignore_eos=True)
-    async with contextlib.aclosing(gen):
-        seen = 0
-        async for tok in gen:
-            seen += bool(tok.text)
-            if seen == 5:
-                break
+    # Cancel two 1000-token requests after 5 tokens each (the model runs two replies
+    # at once): if generation went on, the next request would wait for them (~10x
+    # `full`).
+
+    async def five_tokens_then_cancel():
+        gen = chat(client, long_msgs, max_tokens=1000, ignore_eos=True)
+        async with contextlib.aclosing(gen):
+            seen = 0
+            async for tok in gen:
+                seen += bool(tok.text)
+                if seen == 5:
+                    break
+
+    await asyncio.gather(five_tokens_then_cancel(), five_tokens_then_cancel())
     t1 = time.monotonic()
     first = None
     async for _tok in chat(client, [{"role": "user", "content": "Hi"}], max_tokens=4):
         first = time.monotonic() - t1
         break
     assert first is not None and first < full, (first, full)
+
+
+async def test_llm_a_new_turn_does_not_wait_for_another_sessions_reply(client):
+    """Two replies run at once: a turn that starts while another session's long reply
+    is being generated gets its first token before that reply is done (one at a time,
+    it came only after the other's last token)."""
+    long_reply = chat(client, [{"role": "user", "content": "Count from one to a thousand."}],
+                      max_tokens=300, ignore_eos=True)
+    events: list[str] = []
+
+    async def long_one():
+        n = 0
+        async for tok in long_reply:
+            n += bool(tok.text)
+            if n == 5:
+                started.set()
+        events.append("long done")
+
+    started = asyncio.Event()
+    task = asyncio.create_task(long_one())
+    await asyncio.wait_for(started.wait(), 60)
+    async for tok in chat(client, [{"role": "user", "content": "Hi"}], max_tokens=8):
+        if tok.text:
+            events.append("short first token")
+            break
+    await asyncio.wait_for(task, 120)
+    assert events == ["short first token", "long done"], events
 
 
 async def test_load_and_unload_through_repository_api(client):
