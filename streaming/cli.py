@@ -192,7 +192,7 @@ def cmd_up(args: argparse.Namespace) -> int:
                                                    "%(message)s")
     settings = _settings(args).replace(host=args.host, port=args.port,
                                        triton_url=args.triton_url)
-    server = None
+    server = heavy = None
     if not settings.triton_url:
         store = ModelStore(settings.models_dir)
         from streaming.default_models import DEFAULT_MODELS, install_defaults
@@ -209,17 +209,25 @@ def cmd_up(args: argparse.Namespace) -> int:
         for name, reason in server.failed.items():
             print(f"  FAILED to load {name}: {reason.splitlines()[0] if reason else '?'}")
         print(f"Triton ready: gRPC {server.grpc_url}")
+        # vision models in the store: a second tritonserver for them (own CPU threads)
+        from streaming.heavy_triton import start_heavy
+
+        heavy, settings = start_heavy(settings, wait_s=args.wait, log=print)
     stopping = threading.Event()
-    if server:  # a tritonserver that dies is restarted; sessions carry on
-        threading.Thread(target=server.supervise, args=(stopping,),
-                         kwargs={"wait_s": args.wait, "log": lambda m: print(m, flush=True)},
-                         daemon=True, name="triton-supervisor").start()
+    for supervised in (server, heavy):  # a tritonserver that dies is restarted
+        if supervised:
+            threading.Thread(target=supervised.supervise, args=(stopping,),
+                             kwargs={"wait_s": args.wait,
+                                     "log": lambda m: print(m, flush=True)},
+                             daemon=True, name="triton-supervisor").start()
     try:
         _run_loop(_serve(settings))
     except KeyboardInterrupt:
         pass
     finally:
         stopping.set()
+        if heavy:
+            heavy.stop()
         if server:
             print("stopping tritonserver")
             server.stop()

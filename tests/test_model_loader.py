@@ -173,3 +173,34 @@ async def test_cli_load_unload_status(server, heavy_triton):
     assert "ready" in lines["video_vlm"] and "vlm" in lines and "llm" in lines
     rc, out = await rtmedia("load", "nonesuch")
     assert rc == 1 and "unknown heavy model" in out
+
+
+def test_rtmedia_up_starts_a_heavy_tritonserver_only_with_vision_models(
+        heavy_store, triton_settings, tmp_path):
+    from streaming.heavy_triton import HEAVY_PORT_OFFSET, start_heavy, vision_checkpoints
+    from streaming.model_store import ModelStore
+    from streaming.triton_server import repository_index
+
+    empty = ModelStore(tmp_path / "empty")
+    empty.setup()
+    none, same = start_heavy(triton_settings.replace(models_dir=empty.root))
+    assert none is None and same.triton_urls == triton_settings.triton_urls
+    assert vision_checkpoints(heavy_store.root) == ["multimodal/tiny-vlm", "video/tiny-vlm"]
+    # the heavy server's ports are the realtime ones + the offset
+    base = triton_settings.replace(
+        models_dir=heavy_store.root, state_dir=tmp_path / "state",
+        triton_http_port=free_port() - HEAVY_PORT_OFFSET,
+                        triton_grpc_port=free_port() - HEAVY_PORT_OFFSET,
+                        triton_metrics_port=free_port() - HEAVY_PORT_OFFSET)
+    heavy, routed = start_heavy(base, log=lambda _m: None)
+    try:
+        assert heavy is not None
+        assert routed.triton_urls["multimodal"] == heavy.grpc_url
+        assert routed.triton_urls["video"] == heavy.grpc_url
+        assert "stt" not in routed.triton_urls  # realtime models stay on the first server
+        states = repository_index(heavy.http_url)
+        assert states is not None and "vlm" in states
+        assert not any(state == "READY" for state, _ in states.values())  # on demand
+    finally:
+        if heavy:
+            heavy.stop()
