@@ -38,6 +38,8 @@ REDIS_ERRORS = Counter("rtmedia_redis_errors_total", "Redis calls that failed (m
                        "instead)", registry=REGISTRY)
 SESSIONS_RESUMED = Counter("rtmedia_sessions_resumed_total", "Sessions resumed by id "
                            "(?resume=)", ["found"], registry=REGISTRY)
+MODEL_READY = Gauge("rtmedia_model_ready", "1 when the Triton model of a voice-agent stage "
+                    "is ready (asked at each scrape)", ["use_case", "model"], registry=REGISTRY)
 TRITON_STREAMS = Gauge("rtmedia_triton_streams_open",
                        "gRPC streams open to Triton (all sessions)", registry=REGISTRY)
 

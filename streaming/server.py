@@ -182,7 +182,12 @@ async def readyz(request: web.Request) -> web.Response:
 
 
 async def metrics(request: web.Request) -> web.Response:
-    M.TRITON_STREAMS.set(request.app[ROUTER].open_streams())
+    router: ModelRouter = request.app[ROUTER]
+    M.TRITON_STREAMS.set(router.open_streams())
+    for use_case in ("stt", "tts", "agent"):  # fresh at every scrape, for the alert rules
+        route = router.route(use_case)
+        ready = await route.client.model_ready(route.model)
+        M.MODEL_READY.labels(use_case, route.model).set(1 if ready else 0)
     body = generate_latest(M.REGISTRY)
     return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
 

@@ -271,3 +271,25 @@ def deploy_stack(triton, triton_settings, model_store, tmp_path_factory):
             if r.proc is not None:
                 r.stop()
         redis_server.stop()
+
+
+async def voice_turn(ws_url: str, text: str = "What colour is the sky?", **connect) -> dict:
+    """One voice-agent turn of espeak-ng speech (sent faster than real time): the
+    response.done event."""
+    import numpy as np
+
+    from pipelines.speech import espeak_speech
+    from streaming.client import RealtimeClient
+
+    client = await RealtimeClient(ws_url, KEY).connect(**connect)
+    try:
+        await client.wait_for("session.created")
+        await client.update({"type": "realtime", "max_output_tokens": 16, "audio": {"input": {
+            "format": {"type": "audio/pcm", "rate": 24000},
+            "turn_detection": {"type": "server_vad", "silence_duration_ms": 400}}}})
+        speech = np.concatenate([espeak_speech(text, rate=24000), np.zeros(24000, np.float32)])
+        await client.stream_audio(speech, 24000, pace=0, chunk_ms=200)
+        done = await client.wait_for("response.done", timeout=60)
+        return done.data
+    finally:
+        await client.close()
