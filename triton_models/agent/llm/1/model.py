@@ -5,6 +5,13 @@ the request was cancelled (client disconnect, barge-in) and stops generating at
 once, freeing the instance for the next user. Near the MAX_TOKENS limit the text
 is released sentence by sentence, so a reply cut for length still ends with a
 whole sentence (common/llm_text.py, tested offline).
+
+Function calling: TOOLS (chat-format function tools) go to the model through its
+chat template when the template renders tools (Qwen2.5), else into the system
+prompt; calls are cut out of the generated text (never spoken) and sent as JSON in
+TOOL_CALLS on the last response. TOOL_CHOICE "required" or "function:<name>"
+constrains sampling with a grammar built from the tools' JSON schemas, so the
+model must write a call with arguments of the declared shape.
 """
 
 from __future__ import annotations
@@ -12,6 +19,7 @@ from __future__ import annotations
 import json
 import os
 import queue
+import re
 import sys
 import threading
 from pathlib import Path
@@ -21,9 +29,20 @@ import triton_python_backend_utils as pb_utils
 
 # The rendered model repository has common/ next to the use-case folders.
 sys.path.insert(0, str(Path(__file__).resolve().parents[2].parent / "common"))
-from llm_text import SentenceBudget, check_max_tokens, parse_messages
+from llm_text import (
+    SentenceBudget,
+    ToolCallParser,
+    check_max_tokens,
+    check_tool_choice,
+    forced_call_schema,
+    parse_messages,
+    parse_tools,
+    tool_messages,
+)
 
 FINAL = pb_utils.TRITONSERVER_RESPONSE_COMPLETE_FINAL
+# Text that does not open with a call (bare JSON, a code fence or a tag).
+ANSWER_GRAMMAR = r"root ::= [^{`<\[ \t\n] [^\x00]*"
 
 
 def _param(cfg: dict, key: str, default: str) -> str:
@@ -168,6 +187,17 @@ class TritonPythonModel:
             "presence_penalty": float(_param(cfg, "presence_penalty", "0.0")),
         }
         self.eos = self.llm.token_eos()
+        # Templates that render tools themselves (Qwen2.5) get them natively.
+        template = self.llm.metadata.get("tokenizer.chat_template") or ""
+        self.native_tools = "tools" in template
+        # tokens allowed past MAX_TOKENS for the calls themselves (not spoken text)
+        self.tool_tokens = int(_param(cfg, "tool_call_tokens", "256"))
+        # Small models given a call's result tend to call the same function again
+        # instead of answering: with chain_calls off, a reply to a result must begin
+        # with words (a grammar), and the token that opens a call (Qwen2.5) is banned.
+        opener = self.llm.tokenize(b"<tool_call>", add_bos=False, special=True)
+        self.call_token = opener[0] if len(opener) == 1 else None
+        self.chain_calls = _param(cfg, "chain_calls", "false") == "true"
 
     @property
     def llm(self):
@@ -215,9 +245,14 @@ class TritonPythonModel:
         for worker in self._workers:
             worker.join(timeout=5)
 
-    def _parse(self, request) -> tuple[list[dict], dict, SentenceBudget | None]:
+    def _parse(self, request) -> tuple[list[dict], dict, SentenceBudget | None,
+                                       ToolCallParser | None]:
         raw = pb_utils.get_input_tensor_by_name(request, "MESSAGES").as_numpy().reshape(-1)[0]
         messages = parse_messages(raw, self.max_messages_bytes)
+        tools = parse_tools(_string(request, "TOOLS", b""), self.max_messages_bytes)
+        choice = check_tool_choice(_string(request, "TOOL_CHOICE", b"auto").decode(), tools)
+        if choice == "none":
+            tools = []
         max_tokens = check_max_tokens(_scalar(request, "MAX_TOKENS", 256),
                                       self.max_tokens_limit)
         opts = {
@@ -236,7 +271,25 @@ class TritonPythonModel:
         elif self.sentence_margin > 0 or self.sentence_grace > 0:
             budget = SentenceBudget(max_tokens, self.sentence_margin, self.sentence_grace)
             opts["max_tokens"] = budget.limit
-        return messages, opts, budget
+        parser = None
+        if tools or any(m["role"] == "tool" or m.get("tool_calls") for m in messages):
+            messages, native = tool_messages(messages, tools, self.native_tools)
+            if native:
+                opts["tools"] = native
+        if tools:
+            parser = ToolCallParser()
+            opts["max_tokens"] += self.tool_tokens
+            schema = forced_call_schema(tools, choice)
+            if schema is not None:
+                opts["grammar"] = _call_grammar(schema)
+            elif not self.chain_calls and (messages[-1]["role"] == "tool" or
+                                           "<tool_response>" in messages[-1]["content"]):
+                from llama_cpp.llama_grammar import LlamaGrammar
+
+                opts["grammar"] = LlamaGrammar.from_string(ANSWER_GRAMMAR, verbose=False)
+                if self.call_token is not None:
+                    opts["logit_bias"] = {self.call_token: -1e9}
+        return messages, opts, budget, parser
 
     def _generate(self, request, sender) -> None:
         if sender.is_cancelled():
@@ -244,7 +297,7 @@ class TritonPythonModel:
             # or abandoned requests of gone sessions starve the live ones.
             sender.send(flags=FINAL)
             return
-        messages, opts, budget = self._parse(request)
+        messages, opts, budget, parser = self._parse(request)
         # llama.cpp raises a ValueError naming the sizes when the prompt overflows n_ctx.
         self._share_cores()
         stream = self.llm.create_chat_completion(messages=messages, stream=True, **opts)
@@ -259,9 +312,11 @@ class TritonPythonModel:
                 piece = choice.get("delta", {}).get("content") or ""
                 if piece:
                     produced += 1
-                    text = budget.push(piece) if budget else piece
-                    if text:
-                        sender.send(_response(text, ""))
+                    if parser is not None:
+                        piece = parser.push(piece)
+                text = (budget.push(piece) if budget else piece) if piece else ""
+                if text:
+                    sender.send(_response(text, ""))
                 if choice.get("finish_reason"):
                     reason = choice["finish_reason"]
                 if budget and budget.done:
@@ -275,12 +330,22 @@ class TritonPythonModel:
         if reason == "cancelled":
             sender.send(flags=FINAL)
             return
+        calls: list[dict] = []
+        if parser is not None:
+            rest, calls = parser.finish()
+            if rest:
+                rest = budget.push(rest) if budget else rest
+                if rest:
+                    sender.send(_response(rest, ""))
         if budget:
             tail = budget.finish(model_stopped=reason == "stop")
             if tail:
                 sender.send(_response(tail, ""))
             reason = budget.reason
-        sender.send(_response("", reason, {"completion_tokens": produced}), flags=FINAL)
+        if calls:
+            reason = "tool_calls"
+        sender.send(_response("", reason, {"completion_tokens": produced}, calls),
+                    flags=FINAL)
 
 
     def _remember(self) -> None:
@@ -294,12 +359,34 @@ class TritonPythonModel:
             cache[self.llm.input_ids[:n].tolist()] = self.llm.save_state()
 
 
-def _response(text: str, reason: str, usage: dict | None = None):
+def _call_grammar(schema: dict):
+    """A llama.cpp grammar for exactly one call: ``<tool_call>`` + the JSON of the
+    schema (name and arguments) + ``</tool_call>``."""
+    from llama_cpp.llama_grammar import LlamaGrammar, json_schema_to_gbnf
+
+    rules = re.sub(r"^root ::=", "call ::=", json_schema_to_gbnf(json.dumps(schema)),
+                   flags=re.M)
+    return LlamaGrammar.from_string('root ::= "<tool_call>\\n" call "\\n</tool_call>"\n'
+                                    + rules, verbose=False)
+
+
+def _response(text: str, reason: str, usage: dict | None = None,
+              calls: list[dict] | None = None):
     return pb_utils.InferenceResponse(output_tensors=[
         pb_utils.Tensor("TEXT", np.array([text.encode()], dtype=np.object_)),
         pb_utils.Tensor("FINISH_REASON", np.array([reason.encode()], dtype=np.object_)),
         pb_utils.Tensor("USAGE", np.array([json.dumps(usage or {}).encode()], dtype=np.object_)),
+        pb_utils.Tensor("TOOL_CALLS", np.array([json.dumps(calls).encode() if calls else b""],
+                                               dtype=np.object_)),
     ])
+
+
+def _string(request, name: str, default: bytes) -> bytes:
+    tensor = pb_utils.get_input_tensor_by_name(request, name)
+    if tensor is None:
+        return default
+    value = tensor.as_numpy().reshape(-1)[0]
+    return value if isinstance(value, bytes) else str(value).encode()
 
 
 def _scalar(request, name: str, default):
