@@ -40,10 +40,12 @@ def wait_http(url: str, timeout: float) -> None:
 
 
 @contextlib.contextmanager
-def local_stack(*, avatar: bool = False, processes: dict[str, int] | None = None
+def local_stack(*, avatar: bool = False, processes: dict[str, int] | None = None,
+                extra_models: tuple[str, ...] = (), urls: dict[str, str] | None = None
                 ) -> Iterator[str]:
     """Yield the media server's http://HOST:PORT; stop everything on exit. ``processes``
-    receives the pids of "tritonserver" and "media-server" (for memory figures)."""
+    receives the pids of "tritonserver" and "media-server" (for memory figures),
+    ``urls`` Triton's gRPC address ("triton"); ``extra_models`` are loaded too."""
     from streaming.settings import Settings
     from streaming.triton_server import TritonServer
 
@@ -52,6 +54,7 @@ def local_stack(*, avatar: bool = False, processes: dict[str, int] | None = None
         triton_metrics_port=free_port(),
         state_dir=Path(tempfile.mkdtemp(prefix="rtmedia-bench-")))
     models = [s.stt_model, s.tts_model, s.llm_model] + ([s.avatar_model] if avatar else [])
+    models += list(extra_models)
     triton = TritonServer(s, models=models, log_path=s.state_dir / "tritonserver.log")
     print("starting tritonserver ...", file=sys.stderr)
     triton.start(wait_s=300)
@@ -61,6 +64,8 @@ def local_stack(*, avatar: bool = False, processes: dict[str, int] | None = None
                             env=dict(os.environ, RTMEDIA_MAX_SESSIONS="64"),
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     http = f"http://127.0.0.1:{port}"
+    if urls is not None:
+        urls["triton"] = triton.grpc_url
     if processes is not None and triton.proc is not None:
         processes.update({"tritonserver": triton.proc.pid, "media-server": proc.pid})
     try:

@@ -194,9 +194,9 @@ class VoiceAgent:
             elif ev.kind == "started":
                 await self._speech_started(ev.at_ms, ev.audio)
             elif ev.kind == "paused":
+                guessing = self._speech_paused()
                 if self.end_of_turn is not None:
-                    self.end_of_turn.paused(self.turns)
-                self._speech_paused()
+                    self.end_of_turn.paused(self.turns, expect_text=guessing)
             elif ev.kind == "resumed":
                 if self.end_of_turn is not None:
                     self.end_of_turn.resumed()
@@ -222,13 +222,15 @@ class VoiceAgent:
         if prefix is not None and prefix.size:
             utt.push(prefix)
 
-    def _speech_paused(self) -> None:
+    def _speech_paused(self) -> bool:
         """A pause that may be the end of the turn: finish the transcript (and start the
-        reply) now, holding the output back until the silence is long enough."""
+        reply) now, holding the output back until the silence is long enough. True when
+        a speculative transcript is coming."""
         utt = self._utt
         if utt is None or utt.ended or self.responding:
-            return
+            return False
         utt.end(speculative=True)
+        return True
 
     async def _speech_resumed(self) -> None:
         """The user went on talking: drop the speculative reply, continue the utterance
@@ -299,6 +301,8 @@ class VoiceAgent:
             heard = base(details["language"])  # answer in what the user spoke
             self._heard_language = None if is_english(heard) else heard
         if utt.speculative and not utt.confirmed:
+            if self.end_of_turn is not None:  # the words so far tell whether it is done
+                self.end_of_turn.transcript(text)
             cfg = self.config
             if text.strip() and cfg.respond and cfg.create_response and not self.responding:
                 # start thinking while the silence is being confirmed

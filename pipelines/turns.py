@@ -18,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import re
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -143,28 +144,69 @@ SEMANTIC = {
 }
 
 
-class SemanticEndOfTurn:
-    """Sets the silence that ends the turn at each pause from the model's verdict.
+# English words a sentence does not end on: a transcript ending in one stops mid-sentence
+# (Whisper often closes a cut sentence with a full stop: "a table for.").
+DANGLING = frozenset(
+    "a an the and or but so because if than that which who whose to for with without of "
+    "in on at by from about into onto over under between like as is are was were am be "
+    "been my your our their his its this these those could would should can will shall "
+    "must might may i we they he she very really just".split())
+_WORD = re.compile(r"[^\W_]+(?:'[^\W_]+)?")
+_SENTENCE_END = (".", "?", "!", "\u0964", "\u0965")  # । ॥: Devanagari full stops
 
-    ``paused(turns)`` (the VAD's first short pause) asks the judge about the
-    turn's recent audio; the answer shortens or lengthens this pause's end-of-turn
-    silence in ``turns``. ``resumed()`` drops a pending question (the VAD has already put the
-    silence back to the long one). ``verdicts`` keeps (probability, silence_ms)
-    of every answer, for tests and benchmarks.
+
+def transcript_verdict(text: str) -> bool | None:
+    """From the words so far: False when they stop on a word no sentence ends on, True
+    when they end a sentence, None when they do not tell."""
+    words = _WORD.findall(text.lower())
+    if not words:
+        return None
+    if words[-1] in DANGLING:
+        return False
+    return True if text.rstrip().endswith(_SENTENCE_END) else None
+
+
+class SemanticEndOfTurn:
+    """Sets the silence that ends the turn at each pause from two signals.
+
+    ``paused(turns, expect_text)`` (the VAD's first short pause) asks the judge
+    (the end-of-turn model, on the turn's recent audio); ``transcript(text)`` gives
+    the transcript of the turn up to the pause (the agent's speculative final).
+    Once both are in (or the transcript is not coming), the pause's end-of-turn
+    silence in ``turns`` becomes short or long: incomplete when the words stop on a
+    word no sentence ends on, else complete when the model says so or the words end
+    a sentence, else incomplete. ``resumed()`` drops a pending question (the VAD has
+    already put the silence back to the long one). ``verdicts`` keeps (probability,
+    silence_ms) of every decision, for tests and benchmarks.
     """
+
+    _PENDING = object()
 
     def __init__(self, policy: SemanticTurn, judge: TurnJudge | None):
         self.policy, self.judge = policy, judge
         self.verdicts: list[tuple[float | None, int]] = []
         self._task: asyncio.Task | None = None
+        self._turns: TurnDetector | None = None
+        self._p: object = None
+        self._text: object = None
         self._warned = False
 
-    def paused(self, turns: TurnDetector) -> None:
+    def paused(self, turns: TurnDetector, expect_text: bool = False) -> None:
         self.cancel()
+        self._turns = turns
+        self._text = self._PENDING if expect_text else None
         if self.judge is None:
-            self._decide(turns, None)
+            self._p = None
+            self._maybe_decide()
             return
-        self._task = asyncio.create_task(self._ask(turns, turns.recent_audio()))
+        self._p = self._PENDING
+        self._task = asyncio.create_task(self._ask(turns.recent_audio()))
+
+    def transcript(self, text: str) -> None:
+        """The words of the turn up to the current pause."""
+        if self._turns is not None and self._text is self._PENDING:
+            self._text = text
+            self._maybe_decide()
 
     def resumed(self) -> None:
         self.cancel()
@@ -173,31 +215,50 @@ class SemanticEndOfTurn:
         if self._task is not None and not self._task.done():
             self._task.cancel()
         self._task = None
+        self._turns = None
 
     async def close(self) -> None:
         task, self._task = self._task, None
+        self._turns = None
         if task is not None and not task.done():
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await task
 
-    async def _ask(self, turns: TurnDetector, audio: np.ndarray) -> None:
+    async def _ask(self, audio: np.ndarray) -> None:
         try:
             p: float | None = float(await self.judge.complete(audio))
         except asyncio.CancelledError:
             raise
-        except Exception as exc:  # the turn still ends: on silence alone
+        except Exception as exc:  # the turn still ends: on the words or the silence
             if not self._warned:
                 log.warning("end-of-turn model unavailable, ending turns on silence: %s", exc)
                 self._warned = True
             p = None
-        self._decide(turns, p)
+        self._p = p
+        self._maybe_decide()
 
-    def _decide(self, turns: TurnDetector, p: float | None) -> None:
-        policy = self.policy
-        if p is None:
-            ms = policy.unknown_ms
+    def _maybe_decide(self) -> None:
+        turns = self._turns
+        if turns is None:
+            return
+        text, p = self._text, self._p
+        said = None if text is None or text is self._PENDING else transcript_verdict(str(text))
+        if said is False:  # mid-sentence: no need to wait for the model
+            complete: bool | None = False
+        elif p is self._PENDING or text is self._PENDING:
+            return
+        elif p is not None and p >= self.policy.threshold:
+            complete = True
+        elif said is True:
+            complete = True
+        elif p is None and said is None:
+            complete = None
         else:
-            ms = policy.complete_ms if p >= policy.threshold else policy.incomplete_ms
+            complete = False
+        self._turns = None  # one decision per pause
+        policy = self.policy
+        ms = (policy.unknown_ms if complete is None else
+              policy.complete_ms if complete else policy.incomplete_ms)
         turns.end_silence_ms = ms
-        self.verdicts.append((p, ms))
+        self.verdicts.append((None if p is self._PENDING else p, ms))  # type: ignore[arg-type]

@@ -478,6 +478,8 @@ def build_parser() -> argparse.ArgumentParser:
                                    "(rtmedia bench agent --help)")
     bench.add_parser("avatar", help="avatar fps, sessions, A/V sync and latency over WebRTC "
                                     "(rtmedia bench avatar --help)")
+    bench.add_parser("turns", help="end of turn: premature ends and latency, silence only vs "
+                                   "the end-of-turn model (rtmedia bench turns --help)")
     bench.add_parser("soak", help="sessions talking for minutes: latency per minute, memory "
                                   "per process (rtmedia bench soak --help)")
     bench.add_parser("capacity", help="ramp caption and voice-agent sessions until the lag "
@@ -500,6 +502,10 @@ def main(argv: list[str] | None = None) -> int:
         from bench.avatar import main as bench_avatar
 
         return bench_avatar(argv[2:])
+    if argv[:2] == ["bench", "turns"]:
+        from bench.turns import main as bench_turns
+
+        return bench_turns(argv[2:])
     if argv[:2] == ["bench", "soak"]:
         from bench.soak import main as bench_soak
 

@@ -13,7 +13,7 @@ from pipelines.agent import AgentConfig, VoiceAgent
 from pipelines.languages import answer_in, multilingual_stt
 from pipelines.router import ModelRouter
 from pipelines.services import Transcript
-from pipelines.turns import SEMANTIC, SemanticTurn, TurnDetector
+from pipelines.turns import SEMANTIC, SemanticTurn, TurnDetector, transcript_verdict
 from pipelines.vad import VadConfig
 from streaming.events import ProtocolError, parse_event
 from tests.fakes import (
@@ -163,6 +163,51 @@ def test_recent_audio_keeps_the_last_8_seconds_of_the_turn():
     det = TurnDetector(VadConfig(silence_ms=2000), energy_classifier)
     det.feed(np.concatenate([silence(0.3), speech(10.0)]))
     assert det.recent_audio().size == 8 * 16000
+
+
+class SaysSTT(FakeSTT):
+    """Its finals say ``text``."""
+
+    def __init__(self, clock: FakeClock, text: str) -> None:
+        super().__init__(clock)
+        self.text = text
+
+    def open(self, language: str | None = None) -> FakeSTTSession:
+        session = super().open(language)
+        push = session.push
+
+        async def says(audio, *, end=False):
+            out = await push(audio, end=end)
+            return [Transcript(self.text, True) if t.final else t for t in out]
+
+        session.push = says
+        return session
+
+
+def test_transcript_verdict():
+    assert transcript_verdict("I would like to book a table for.") is False
+    assert transcript_verdict("So I was thinking that maybe we could") is False
+    assert transcript_verdict("What is the capital of France?") is True
+    assert transcript_verdict("आज मौसम कैसा है।") is True
+    assert transcript_verdict("four people tonight") is None
+    assert transcript_verdict("") is None
+
+
+@pytest.mark.parametrize("said, p, ends_after_ms", [
+    ("I would like to book a table for.", 0.9, 2000),  # the words win: mid-sentence
+    ("What is the capital of France?", 0.1, 300),  # a finished sentence, model unsure
+    ("one two three", 0.9, 300),  # words tell nothing: the model decides
+    ("one two three", 0.1, 2000),
+])
+async def test_the_words_so_far_and_the_model_decide_together(said, p, ends_after_ms):
+    clock = FakeClock()
+    agent = semantic_agent(clock, FakeJudge(clock, p))
+    agent.services.stt = SaysSTT(clock, said)
+    await feed(agent, clock, np.concatenate([speech(1.0), silence(2.2)]))
+    stopped = stops(drain(agent))
+    assert len(stopped) == 1 and stopped[0].audio_end_ms == 1000
+    assert agent.end_of_turn.verdicts == [(p, ends_after_ms)]
+    await agent.close()
 
 
 # -- the protocol ------------------------------------------------------------------------
