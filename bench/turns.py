@@ -78,8 +78,10 @@ async def one_turn(url: str, mode: str, audio: np.ndarray) -> dict:
     client = await RealtimeClient(url, api_key()).connect()
     try:
         await client.wait_for("session.created")
+        fmt = {"type": "audio/pcm", "rate": RATE}
         await client.update({"type": "realtime", "instructions": "Answer in one short sentence.",
-                             "max_output_tokens": 24, "audio": {"input": {"format": {"type": "audio/pcm", "rate": RATE},
+                             "max_output_tokens": 24,
+                             "audio": {"input": {"format": fmt,
                                                  "turn_detection": turn_detection(mode)}}})
         lead = np.zeros(int(0.3 * RATE), np.float32)
         tail = np.zeros(int(5.0 * RATE), np.float32)  # longer than any end-of-turn silence
