@@ -56,16 +56,23 @@ TOOLS = [
 ]
 CHAT_TOOLS = [{"type": "function", "function": {k: v for k, v in t.items() if k != "type"}}
               for t in TOOLS]
-# (question, accepted answer words)
+# (question, accepted answer words or phrases, matched on whole words)
 FACTS = [
     ("What is the capital of France?", {"paris"}),
-    ("What is seven times eight?", {"56", "fifty-six", "fifty"}),
+    ("What is seven times eight?", {"56", "fifty six"}),
     ("How many days are there in a week?", {"7", "seven"}),
     ("Which planet is known as the red planet?", {"mars"}),
     ("At what temperature in Celsius does water boil at sea level?", {"100", "hundred"}),
     ("How many legs does a spider have?", {"8", "eight"}),
     ("Who wrote Romeo and Juliet?", {"shakespeare"}),
     ("What colour is the sky on a clear day?", {"blue"}),
+    ("What is fifteen plus twenty-seven?", {"42", "forty two"}),
+    ("What is the largest ocean on Earth?", {"pacific"}),
+    ("How many minutes are there in two hours?", {"120", "hundred twenty", "hundred and twenty"}),
+    ("What is the chemical symbol for gold?", {"au"}),
+    ("Which is heavier, a kilogram of iron or a kilogram of feathers?",
+     {"same", "equal", "neither", "both"}),
+    ("What is the capital of Australia?", {"canberra"}),
 ]
 # (request, expected function or None, expected arguments: name -> accepted values)
 CALLS = [
@@ -129,7 +136,8 @@ async def quality(grpc_url: str, model: str, log) -> dict:
         right, firsts, rates = 0, [], []
         for question, accepted in FACTS:
             r = await one(client, model, question, False)
-            ok = bool(set(words(r["text"])) & accepted)
+            said = f" {' '.join(words(r['text']))} "
+            ok = any(f" {a} " in said for a in accepted)
             right += ok
             if r["first"] is not None:
                 firsts.append(r["first"])

@@ -49,6 +49,11 @@ def test_bare_json_calls_as_qwen_writes_them_once_its_tags_are_detokenized_away(
     assert json.loads(calls[0]["arguments"]) == {"city": "Oslo"}
 
 
+def test_a_call_in_doubled_braces_is_read():
+    _, _, calls = split('{{"name": "get_time", "arguments": {"city": "Pune"}}}')
+    assert calls == [{"name": "get_time", "arguments": '{"city": "Pune"}'}]
+
+
 def test_fenced_call_and_arguments_given_as_a_string():
     _, rest, calls = split('```json\n{"name": "get_time", "arguments": "{}"}\n```')
     assert rest == "" and calls == [{"name": "get_time", "arguments": "{}"}]

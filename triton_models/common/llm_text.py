@@ -258,6 +258,9 @@ def _bare_calls(text: str) -> list[str]:
 
 def _read_call(block: str) -> dict:
     block = block.strip()
+    if block.startswith("{{") and block.endswith("}}"):
+        # Qwen2.5-Coder-1.5B doubles the braces around a call now and then
+        block = block[1:-1].strip()
     try:
         call = json.loads(block)
     except ValueError:
