@@ -113,6 +113,17 @@ class Browser:
                 raise TimeoutError(f"timed out waiting for: {expression}")
             await asyncio.sleep(poll)
 
+    async def viewport(self, width: int, height: int, mobile: bool = False,
+                       scale: float = 1.0) -> None:
+        """Emulate a screen of this size (CSS pixels), e.g. a 390x844 phone."""
+        await self.send("Emulation.setDeviceMetricsOverride", {
+            "width": width, "height": height, "deviceScaleFactor": scale, "mobile": mobile})
+
+    async def dom_counters(self) -> dict:
+        """Documents, DOM nodes and JS event listeners alive in the renderer."""
+        await self.send("HeapProfiler.collectGarbage")
+        return await self.send("Memory.getDOMCounters")
+
     async def screenshot(self, path: Path) -> Path:
         data = await self.send("Page.captureScreenshot", {"format": "png"})
         await asyncio.to_thread(path.write_bytes, base64.b64decode(data["data"]))

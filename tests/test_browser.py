@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
+import io
 import json
 import statistics
 
@@ -11,11 +13,13 @@ import numpy as np
 import pytest
 
 from pipelines.audio import write_wav
+from pipelines.avatar import Avatar
 from pipelines.speech import espeak_speech
 from pipelines.text import word_error_rate
 from streaming.server import ROUTER, SESSIONS
 from tests.browser import CHROMIUM, Browser
 from tests.conftest import free_port
+from tests.test_avatar import border_diff, luma, mouth_defects
 
 pytestmark = [
     pytest.mark.triton,
@@ -37,27 +41,75 @@ def mic_file(tmp_path, text: str, lead_s: float, tail_s: float):
     return path
 
 
-async def test_talking_avatar_page(media_server, tmp_path, artifacts):
+# The avatar's video as the page shows it: the current frame of the <video>, as PNG.
+VIDEO_FRAME = """(() => { const v = document.getElementById('avatar');
+  if (!v.videoWidth) return null;
+  const c = document.createElement('canvas'); c.width = v.videoWidth; c.height = v.videoHeight;
+  c.getContext('2d').drawImage(v, 0, 0); return c.toDataURL('image/png'); })()"""
+
+
+async def video_frame(browser: Browser) -> np.ndarray | None:
+    import av
+
+    url = await browser.eval(VIDEO_FRAME)
+    if not url:
+        return None
+    with av.open(io.BytesIO(base64.b64decode(url.split(",", 1)[1]))) as c:
+        return next(c.decode(video=0)).to_ndarray(format="rgb24")
+
+
+def save_png(path, image: np.ndarray) -> None:
+    import av
+
+    with av.open(str(path), "w") as c:
+        stream = c.add_stream("png")
+        stream.width, stream.height, stream.pix_fmt = image.shape[1], image.shape[0], "rgb24"
+        for packet in [*stream.encode(av.VideoFrame.from_ndarray(image, format="rgb24")),
+                       *stream.encode()]:
+            c.mux(packet)
+
+
+def in_order(phases: list[str], expected: list[str]) -> bool:
+    """``expected`` appears in ``phases`` as a subsequence."""
+    it = iter(phases)
+    return all(p in it for p in expected)
+
+
+async def test_talking_avatar_page(media_server, model_store, tmp_path, artifacts):
     browser = await Browser(mic_file(tmp_path, QUESTION, 1.5, 12)).start(free_port())
+    speaking_frames, silent_frame = [], None
     try:
-        await browser.goto(media_server.http + "/index.html?raw=1&autostart=1")
+        await browser.goto(media_server.http + "/index.html?test=1&raw=1&autostart=1")
         await browser.wait_for("rtmedia.connection === 'connected'", timeout=20)
+        await browser.wait_for("rtmedia.videoFrames > 10", timeout=10)
+        silent_frame = await video_frame(browser)  # before the question: a closed mouth
         await browser.wait_for("rtmedia.captions.length > 0", timeout=30)
         caption = await browser.eval("rtmedia.captions[0]")
         await browser.wait_for("rtmedia.replyAudioStarts.length > 0", timeout=30)
+        await browser.screenshot(artifacts / "avatar_page_speaking.png")
+        for _ in range(40):  # the avatar's video while it speaks
+            if await browser.eval("rtmedia.phase") != "speaking":
+                break
+            speaking_frames.append(await video_frame(browser))
+            await asyncio.sleep(0.1)
         await browser.wait_for("rtmedia.conversation.length >= 2", timeout=10)
         # let the reply play out and the avatar fall silent again
         await browser.wait_for(
             "rtmedia.audioSamples.length > 0 && performance.now() - "
             "Math.max(...rtmedia.audioSamples.filter(s => s[1] > 0.01).map(s => s[0])) > 1500",
             timeout=60)  # a reply may run to its 120-token budget (~35 s of speech)
+        # ... and the reply ends (response.done; TTS may stall under load, then go on)
+        await browser.wait_for("rtmedia.phase === 'listening'", timeout=60)
         await browser.screenshot(artifacts / "avatar_page.png")
         s = await browser.eval("""({fps: rtmedia.fps, frames: rtmedia.videoFrames,
             audio: rtmedia.audioSamples, mouth: rtmedia.mouthSamples,
             latencies: rtmedia.latencies, errors: rtmedia.errors,
-            conversation: rtmedia.conversation})""")
+            conversation: rtmedia.conversation, phases: rtmedia.phases.map(p => p[1]),
+            caption: document.getElementById('caption').textContent})""")
         await browser.eval("document.getElementById('start').click()")  # Stop
         await browser.wait_for("rtmedia.connection === 'idle'", timeout=5)
+        stopped = await browser.eval("({caption: document.getElementById('caption').textContent,"
+                                     " phase: rtmedia.phase, fps: rtmedia.fps})")
     finally:
         await browser.close()
     # Stopping the call ends the server's session and its Triton streams.
@@ -72,6 +124,28 @@ async def test_talking_avatar_page(media_server, tmp_path, artifacts):
     assert not s["errors"], s["errors"]
     assert s["fps"] >= 20, s["fps"]
     assert s["latencies"] and s["latencies"][0] > 0
+    # the states a user sees, in order, during one turn; the reply's words as captions
+    assert in_order(s["phases"], ["connecting", "listening", "heard", "thinking", "speaking",
+                                  "listening"]), s["phases"]
+    assert s["caption"] and s["caption"].strip("…")[-20:] in s["conversation"][1]["text"]
+    assert stopped == {"caption": "", "phase": "idle", "fps": 0}, stopped
+
+    # The face as the browser shows it: while silent it is the photo; while speaking
+    # the mouth opens inside the lips and nowhere else (no second mouth), and the
+    # frame's border is the photo's (VP8 leaves a little noise).
+    avatar = Avatar.load(model_store.model_dir("avatar", "astronaut"))
+    assert silent_frame is not None and silent_frame.shape == avatar.portrait.shape
+    save_png(artifacts / "avatar_video_silent.png", silent_frame)
+    assert border_diff(silent_frame, avatar.portrait) < 6
+    assert np.abs(luma(silent_frame) - luma(avatar.portrait)).mean() < 4
+    frames = [f for f in speaking_frames if f is not None]
+    checks = [mouth_defects(avatar, f, 1.0, 2, margin=4.0) for f in frames]
+    widest = max(range(len(frames)), key=lambda i: checks[i]["dark_inside"])
+    save_png(artifacts / "avatar_video_speaking.png", frames[widest])
+    assert checks[widest]["dark_inside"] > 30, checks  # the mouth opened
+    for f, c in zip(frames, checks, strict=True):
+        assert c["dark_outside"] <= 3, checks  # no dark shape outside the lips
+        assert border_diff(f, avatar.portrait) < 6
 
     # Mouth activity while the reply is audible vs while all is silent.
     audio = np.array(s["audio"])
@@ -93,7 +167,7 @@ async def test_talking_avatar_page(media_server, tmp_path, artifacts):
 async def test_captions_page(media_server, tmp_path, artifacts):
     browser = await Browser(mic_file(tmp_path, CAPTION, 1.0, 4)).start(free_port())
     try:
-        await browser.goto(media_server.http + "/captions.html?raw=1&autostart=1")
+        await browser.goto(media_server.http + "/captions.html?test=1&raw=1&autostart=1")
         await browser.wait_for("rtmedia.captions.length > 0", timeout=40)
         state = await browser.eval("({captions: rtmedia.captions, partials: rtmedia.partials,"
                                    " errors: rtmedia.errors})")
@@ -112,7 +186,7 @@ async def test_a_vanished_browser_leaves_nothing_running(media_server, tmp_path)
 
     browser = await Browser(mic_file(tmp_path, QUESTION, 0.5, 20)).start(free_port())
     try:
-        await browser.goto(media_server.http + "/index.html?raw=1&autostart=1")
+        await browser.goto(media_server.http + "/index.html?test=1&raw=1&autostart=1")
         await browser.wait_for("rtmedia.connection === 'connected'", timeout=20)
         assert media_server.app[SESSIONS]
         browser.proc.send_signal(signal.SIGKILL)  # no hang-up, no close: just gone
@@ -218,7 +292,7 @@ async def test_barge_in_stops_the_avatar(media_server, tmp_path, artifacts):
     s = None
     try:
         await browser.add_init_script(BARGE_IN_PROBE.replace("SESSION", json.dumps(session)))
-        await browser.goto(media_server.http + "/index.html?raw=1&autostart=1")
+        await browser.goto(media_server.http + "/index.html?test=1&raw=1&autostart=1")
         await browser.wait_for("rtmedia.connection === 'connected'", timeout=20)
         # Interrupt once the reply is fully generated (response.done) and has been heard
         # for 2 s: while it is audible, or at once when its end is still to come (when TTS
@@ -318,3 +392,174 @@ async def test_barge_in_stops_the_avatar(media_server, tmp_path, artifacts):
     assert roles[:3] == ["user", "assistant", "user"], s["conversation"]
     assert s["conversation"][1]["text"], s["conversation"]
     assert word_error_rate(INTERRUPTION, s["captions"][1]) <= 0.5, s["captions"]
+
+
+# -- layout, microphone refused, recovery ------------------------------------------------------
+PANELS = """[...document.querySelectorAll('header, .stage, .screen, .panel, .caption')]
+  .filter(e => getComputedStyle(e).display !== 'none')
+  .map(e => ({cls: e.className || e.tagName, w: e.getBoundingClientRect().width,
+              left: e.getBoundingClientRect().left, right: e.getBoundingClientRect().right}))"""
+
+
+async def test_phone_layout(media_server, tmp_path, artifacts):
+    """A 390x844 phone: every panel is at least 280 px wide, nothing scrolls sideways,
+    the caption sits on the video."""
+    browser = await Browser(mic_file(tmp_path, QUESTION, 1.0, 12)).start(free_port())
+    try:
+        await browser.viewport(390, 844, mobile=True, scale=2)
+        await browser.goto(media_server.http + "/index.html?test=1&raw=1&autostart=1")
+        await browser.wait_for("rtmedia.conversation.length >= 2", timeout=60)
+        await browser.wait_for("rtmedia.phase === 'speaking'", timeout=30)
+        panels = await browser.eval(PANELS)
+        page = await browser.eval("""({inner: innerWidth,
+            scroll: document.documentElement.scrollWidth, body: document.body.scrollWidth,
+            video: document.getElementById('avatar').getBoundingClientRect().toJSON(),
+            caption: document.getElementById('caption').getBoundingClientRect().toJSON()})""")
+        await browser.screenshot(artifacts / "avatar_page_phone.png")
+        await browser.goto(media_server.http + "/captions.html?test=1")
+        captions_page = await browser.eval("""({inner: innerWidth,
+            scroll: document.documentElement.scrollWidth,
+            lines: document.getElementById('lines').getBoundingClientRect().width})""")
+    finally:
+        await browser.close()
+    assert page["inner"] == 390
+    assert page["scroll"] <= page["inner"] and page["body"] <= page["inner"], page
+    for p in panels:
+        assert p["w"] >= 280, panels
+        assert p["left"] >= 0 and p["right"] <= 390, panels
+    v, c = page["video"], page["caption"]
+    assert v["top"] <= c["top"] and c["bottom"] <= v["bottom"], page  # on the video
+    assert captions_page["scroll"] <= captions_page["inner"] and captions_page["lines"] >= 280
+
+
+DENY_MIC = """MediaDevices.prototype.getUserMedia = async function () {
+  throw new DOMException("Permission denied", "NotAllowedError"); };"""
+
+
+async def test_microphone_denied(media_server, tmp_path):
+    """A refused microphone: the page says what happened and how to fix it, and Start
+    works again (it asks again); the kiosk shows the same words on screen."""
+    browser = await Browser().start(free_port())
+    try:
+        await browser.add_init_script(DENY_MIC)
+        await browser.goto(media_server.http + "/index.html?test=1&autostart=1")
+        await browser.wait_for("rtmedia.errors.length > 0", timeout=10)
+        await asyncio.sleep(1.5)  # nothing retries by itself, nothing times out
+        first = await browser.eval("""({errors: rtmedia.errors, phase: rtmedia.phase,
+            shown: document.getElementById('error').innerText,
+            button: document.getElementById('start').textContent,
+            connects: rtmedia.connects})""")
+        await browser.eval("document.getElementById('start').click()")
+        await browser.wait_for("rtmedia.errors.length > 1", timeout=10)
+        again = await browser.eval("({button: document.getElementById('start').textContent,"
+                                   " connects: rtmedia.connects})")
+        await browser.goto(media_server.http + "/index.html?test=1&kiosk=1")
+        await browser.wait_for("rtmedia.errors.length > 0", timeout=10)
+        kiosk = await browser.eval("""(() => { const n = document.getElementById('notice');
+            const r = n.getBoundingClientRect();
+            const b = document.getElementById('start').getBoundingClientRect();
+            return {text: n.hidden ? '' : n.innerText, top: r.top, bottom: r.bottom,
+                    left: r.left, right: r.right, w: innerWidth, h: innerHeight,
+                    button: b.width > 0 && b.height > 0}; })()""")
+        sessions = len(media_server.app[SESSIONS])
+    finally:
+        await browser.close()
+    assert first["phase"] == "error" and first["connects"] == 1, first
+    assert "Microphone access is blocked" in first["shown"], first
+    assert "Allow the microphone" in first["shown"] and "press Start" in first["shown"]
+    assert "Could not connect" not in first["shown"]
+    assert first["button"] == "Start" and again["button"] == "Start"
+    assert again["connects"] == 2  # the button started a new attempt
+    assert "Microphone access is blocked" in kiosk["text"], kiosk
+    assert 0 <= kiosk["top"] and kiosk["bottom"] <= kiosk["h"], kiosk  # on screen
+    assert 0 <= kiosk["left"] and kiosk["right"] <= kiosk["w"], kiosk
+    assert kiosk["button"], "the kiosk shows a Start button after a refusal"
+    assert sessions == 0
+
+
+@contextlib.asynccontextmanager
+async def media_server_on(triton, triton_settings, port: int):
+    """A media server on a given port (so a restarted one is the same address)."""
+    from aiohttp import web
+
+    from streaming.server import create_app
+
+    settings = triton_settings.replace(port=port, triton_url=triton.grpc_url, max_sessions=4)
+    app = create_app(settings)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    await web.TCPSite(runner, "127.0.0.1", port).start()
+    try:
+        yield app
+    finally:
+        await runner.cleanup()
+
+
+BACK = "rtmedia.connection === 'connected' && rtmedia.phase === 'listening'"
+
+
+async def test_pages_come_back_after_a_server_restart(triton, triton_settings, tmp_path,
+                                                      artifacts):
+    """The server goes away: the page shows it at once and reconnects by itself within
+    5 s of the server being ready again; the kiosk does so five times in a row without
+    adding animation-frame loops, video-frame callbacks or event listeners."""
+    port = free_port()
+    browser = await Browser(mic_file(tmp_path, QUESTION, 60, 1)).start(free_port())
+    lost_ms, back_s, counters = [], [], []
+    try:
+        async def restart(down_s: float) -> None:
+            async with media_server_on(triton, triton_settings, port) as app:
+                await browser.wait_for(BACK, timeout=30)
+            t_stop = await browser.eval("performance.now()")
+            # the server is gone: shown at once, not after a timeout (the page may have
+            # seen it while the server was closing its sessions)
+            t_shown = await browser.wait_for(
+                "rtmedia.phase === 'reconnecting' && performance.now()", timeout=5)
+            lost_ms.append(max(0.0, t_shown - t_stop))
+            await asyncio.sleep(down_s)
+            async with media_server_on(triton, triton_settings, port) as app:
+                t_ready = asyncio.get_running_loop().time()
+                await browser.wait_for(BACK, timeout=15)
+                back_s.append(asyncio.get_running_loop().time() - t_ready)
+                assert app[SESSIONS]
+
+        async with media_server_on(triton, triton_settings, port):
+            await browser.goto(f"http://127.0.0.1:{port}/index.html?test=1&raw=1&autostart=1")
+            await browser.wait_for(BACK, timeout=30)
+        await asyncio.sleep(0.5)
+        stopped = await browser.eval("({phase: rtmedia.phase, button: "
+                                     "document.getElementById('start').textContent, video: "
+                                     "!!document.getElementById('avatar').srcObject})")
+        await browser.screenshot(artifacts / "avatar_page_lost.png")
+        await asyncio.sleep(2.5)  # down a while: the first retries fail
+        async with media_server_on(triton, triton_settings, port):
+            t_ready = asyncio.get_running_loop().time()
+            await browser.wait_for(BACK, timeout=15)
+            back_s.append(asyncio.get_running_loop().time() - t_ready)
+        normal_page = back_s.pop()
+
+        async with media_server_on(triton, triton_settings, port):
+            await browser.goto(f"http://127.0.0.1:{port}/index.html?test=1&raw=1&kiosk=1")
+            await browser.wait_for(BACK + " && rtmedia.videoFrames > 10", timeout=30)
+            counters.append(await browser.dom_counters())
+        for i in range(5):
+            await restart(down_s=0.5 + i * 0.6)
+        async with media_server_on(triton, triton_settings, port):
+            await browser.wait_for(BACK + " && rtmedia.fps > 0", timeout=15)
+            counters.append(await browser.dom_counters())
+            kiosk = await browser.eval("({loops: rtmedia.loops, chains: rtmedia.frameChains,"
+                                       " reconnects: rtmedia.reconnects, errors: rtmedia.errors,"
+                                       " nodes: document.getElementsByTagName('*').length})")
+    finally:
+        await browser.close()
+    print(f"\nrestart: lost shown after {lost_ms} ms; back {normal_page:.2f} s (page), "
+          f"{[round(b, 2) for b in back_s]} s (kiosk); counters {counters}")
+    assert stopped["phase"] == "reconnecting" and stopped["button"] == "Stop", stopped
+    assert not stopped["video"]  # no frozen frame with the mouth open
+    assert normal_page < 5.0
+    assert all(b < 5.0 for b in back_s), back_s
+    assert all(ms < 1500 for ms in lost_ms), lost_ms
+    assert kiosk["loops"] == 1 and kiosk["chains"] == 1, kiosk
+    assert kiosk["reconnects"] >= 6, kiosk
+    assert counters[1]["jsEventListeners"] <= counters[0]["jsEventListeners"] + 2, counters
+    assert counters[1]["nodes"] <= counters[0]["nodes"] + 50, counters
