@@ -121,6 +121,9 @@ class VoiceAgent:
         self.end_of_turn = self._end_of_turn()
         self._heard_language: str | None = None  # what STT detected (language "auto")
         self.conversation = Conversation(self.config.max_history)
+        # the session's camera (WebRTC video): the JPEG of its latest frame, or None;
+        # a user turn spoken while it shows something carries that frame
+        self.camera: Callable[[], bytes | None] | None = None
         self.sink = sink or PacedDeltaSink(self.frames.put_nowait, rate=self.config.output_rate,
                                            clock=clock)
         self.playout = Playout(self.sink)
@@ -322,7 +325,8 @@ class VoiceAgent:
             if hold is not None:
                 self._spawn(self.cancel_response("empty_transcript"))
             return
-        self.conversation.add(utt.item_id, "user", text)
+        frame = self.camera() if self.camera is not None else None
+        self.conversation.add(utt.item_id, "user", text, images=(frame,) if frame else ())
         if hold is not None and hold.user_text == text:
             hold.release()
             return
@@ -337,6 +341,13 @@ class VoiceAgent:
         self.start_response()
 
     # -- replies ----------------------------------------------------------------------------
+    def _user_content(self, text: str) -> str | list[dict]:
+        """What the user said, with the camera's frame when it shows something."""
+        frame = self.camera() if self.camera is not None else None
+        if frame is None:
+            return text
+        return [{"type": "image", "image": frame}, {"type": "text", "text": text}]
+
     def add_message(self, role: str, text: str, item_id: str | None = None,
                     images: tuple[bytes, ...] = ()) -> str:
         """``images``: a user message that shows something (input_image parts)."""
@@ -367,7 +378,7 @@ class VoiceAgent:
         messages = self.conversation.messages(
             answer_in(instructions or self.config.instructions, self.reply_language))
         if hold is not None:
-            messages.append({"role": "user", "content": hold.user_text})
+            messages.append({"role": "user", "content": self._user_content(hold.user_text)})
         options = self._options(tools, tool_choice)
         self._response = self._spawn(self._respond(rid, messages, hold, options))
         return rid

@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 import aiohttp
 import numpy as np
 from aiortc import MediaStreamTrack, RTCConfiguration, RTCPeerConnection, RTCSessionDescription
-from av import AudioFrame
+from av import AudioFrame, VideoFrame
 
 from streaming.webrtc import allow_loopback_candidates
 
@@ -62,6 +62,30 @@ class ArrayMicrophone(MediaStreamTrack):
         return frame
 
 
+class ColorCamera(MediaStreamTrack):
+    """A camera that shows one colour (RGB), 10 frames a second, for tests."""
+
+    kind = "video"
+
+    def __init__(self, color: tuple[int, int, int], size: tuple[int, int] = (320, 240)):
+        super().__init__()
+        self.image = np.zeros((size[1], size[0], 3), np.uint8)
+        self.image[:] = color
+        self._n = 0
+        self._t0: float | None = None
+
+    async def recv(self) -> VideoFrame:
+        if self._t0 is None:
+            self._t0 = time.monotonic()
+        wait = self._t0 + self._n / 10 - time.monotonic()
+        if wait > 0:
+            await asyncio.sleep(wait)
+        frame = VideoFrame.from_ndarray(self.image, format="rgb24")
+        frame.pts, frame.time_base = self._n, fractions.Fraction(1, 10)
+        self._n += 1
+        return frame
+
+
 @dataclass
 class CallRecord:
     events: list[tuple[float, dict]] = field(default_factory=list)
@@ -75,8 +99,10 @@ class CallRecord:
 
 class RtcCall:
     def __init__(self, base_url: str, mic: ArrayMicrophone, mouth_box=None,
-                 session: dict | None = None, api_key: str | None = None):
+                 session: dict | None = None, api_key: str | None = None,
+                 camera: MediaStreamTrack | None = None):
         self.base_url = base_url
+        self.camera = camera  # a video track to send (the user's camera), or none
         self.api_key = api_key
         self.mic = mic
         self.mouth_box = mouth_box
@@ -90,7 +116,10 @@ class RtcCall:
         allow_loopback_candidates()
         self.pc = RTCPeerConnection(RTCConfiguration(iceServers=[]))
         self.pc.addTrack(self.mic)
-        self.pc.addTransceiver("video", direction="recvonly")
+        if self.camera is not None:  # sendrecv: our camera out, the avatar in
+            self.pc.addTrack(self.camera)
+        else:
+            self.pc.addTransceiver("video", direction="recvonly")
         channel = self.channel = self.pc.createDataChannel("oai-events")
 
         @channel.on("open")

@@ -363,6 +363,23 @@ class WebRTCSession:
     def _on_track(self, track) -> None:
         if track.kind == "audio":
             self._spawn(self._pump_audio(track))
+        elif track.kind == "video":  # the browser's camera
+            self._spawn(self._pump_camera(track))
+
+    async def _pump_camera(self, track) -> None:
+        """Keep the camera's latest frame: a user turn spoken while it shows something
+        is answered from it by the multimodal model (pipelines/camera.py)."""
+        from pipelines.camera import LatestFrame
+
+        camera = LatestFrame()
+        self.session.agent.camera = camera.jpeg
+        try:
+            while True:
+                camera.put(await track.recv())
+        except Exception as exc:  # MediaStreamError: the camera stopped or the peer left
+            log.info("camera track ended (%s)", type(exc).__name__)
+        finally:
+            camera.clear()
 
     async def _handle_events(self) -> None:
         while True:

@@ -70,7 +70,7 @@ async def door(triton, heavy_triton, heavy_store, triton_settings, tmp_path_fact
     settings = triton_settings.replace(
         port=free_port(), triton_url=triton.grpc_url, api_key=KEY,
         triton_urls={"multimodal": heavy_triton.grpc_url, "video": heavy_triton.grpc_url},
-        models_dir=heavy_store.root, video_dirs=(str(videos),), heavy_max_queue=0,
+        video_dirs=(str(videos),), heavy_max_queue=0,
         heavy_idle_unload_s=0.0)
     app = create_app(settings)
     runner = web.AppRunner(app)
@@ -276,3 +276,30 @@ async def test_realtime_image_turn_goes_to_the_multimodal_model_and_is_spoken(do
     assert between == before_vlm + 1  # the image turn was answered by the vlm model
     assert await model_successes(door.heavy.http_url, "vlm") == between
     assert error.data["error"]["code"] == "invalid_image"
+
+
+async def test_webrtc_camera_turn_is_answered_by_the_multimodal_model(door):
+    """A question spoken while the camera (a WebRTC video track) shows something goes to
+    the multimodal model with the camera's latest frame; the reply is heard."""
+    from streaming.rtc_client import ArrayMicrophone, ColorCamera, RtcCall
+
+    before = await model_successes(door.heavy.http_url, "vlm")
+    speech = espeak_speech("What am I holding?", rate=48000)
+    mic = ArrayMicrophone(np.concatenate([np.zeros(24000, np.float32), speech]))
+    call = await RtcCall(door.http, mic, api_key=KEY, camera=ColorCamera((250, 40, 40)),
+                         session={"type": "realtime", "max_output_tokens": 12,
+                                  "audio": {"input": {"turn_detection":
+                                                      {"type": "server_vad"}}}}).start()
+    try:
+        for _ in range(600):
+            if call.rec.first("response.done"):
+                break
+            await asyncio.sleep(0.1)
+        await asyncio.sleep(1.0)
+    finally:
+        await call.close()
+    done = next(e for _, e in call.rec.events if e["type"] == "response.done")
+    assert done["response"]["status"] == "completed", done
+    assert await model_successes(door.heavy.http_url, "vlm") == before + 1
+    stopped = call.rec.first("input_audio_buffer.speech_stopped")
+    assert any(level > 0.02 for t, level in call.rec.audio_levels if t > stopped)
