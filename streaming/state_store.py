@@ -228,10 +228,55 @@ def snapshot(session: Any) -> dict:
         "v": 1, "kind": session.kind, "beta": session.beta, "model": session.model,
         "input_rate": session.input_rate, "output_modalities": session.output_modalities,
         "configured": session.configured, "config": asdict(agent.config),
-        "items": [{"id": i.id, "role": i.role, "text": i.text, "truncated": i.truncated,
-                   "spans": [[s.text, s.start_s, s.end_s] for s in i.spans]}
-                  for i in agent.conversation.items],
+        "items": [_item_state(i) for i in agent.conversation.items],
     }
+
+
+def _item_state(item: Any) -> dict:
+    """A conversation item as JSON: every field of pipelines.conversation.Item (spans as
+    [text, start, end], images as base64)."""
+    import base64
+    from dataclasses import fields
+
+    out = {}
+    for f in fields(item):
+        value = getattr(item, f.name)
+        if f.name == "spans":
+            value = [[s.text, s.start_s, s.end_s] for s in value]
+        elif f.name == "images":
+            value = [base64.b64encode(b).decode() for b in value]
+        out[f.name] = value
+    return out
+
+
+def _item_from_state(data: dict) -> Any:
+    import base64
+    from dataclasses import fields
+
+    from pipelines.conversation import Item, Span
+
+    known = {f.name for f in fields(Item)}
+    values = {k: v for k, v in data.items() if k in known}
+    values["spans"] = [Span(t, a, b) for t, a, b in values.get("spans", [])]
+    if "images" in values:
+        values["images"] = tuple(base64.b64decode(b) for b in values["images"])
+    return Item(**values)
+
+
+def _protocol_item(item: Any) -> dict:
+    """How the client sees a restored item (as conversation.item.added would show it)."""
+    kind = getattr(item, "type", "message")
+    if kind == "function_call":
+        return {"id": item.id, "object": "realtime.item", "type": kind, "status": "completed",
+                "call_id": item.call_id, "name": item.name, "arguments": item.arguments}
+    if kind == "function_call_output":
+        return {"id": item.id, "object": "realtime.item", "type": kind,
+                "call_id": item.call_id, "output": item.text}
+    part = "input_text" if item.role != "assistant" else "output_text"
+    content = [{"type": "input_image"} for _ in getattr(item, "images", ())]
+    content += [{"type": part, "text": item.text}] if item.text else []
+    return {"id": item.id, "object": "realtime.item", "type": "message", "role": item.role,
+            "status": "completed", "content": content}
 
 
 def _rebuild(hint: Any, value: Any) -> Any:
@@ -251,7 +296,6 @@ def restore(session: Any, state: dict, session_id: str) -> list[dict]:
     """Give a new RealtimeSession (before ``start()``) the id, settings and conversation
     of ``state``; returns the restored items as protocol items, for the client."""
     from pipelines.agent import AgentConfig
-    from pipelines.conversation import Item, Span
 
     session.id = session_id
     session.agent.session_id = session_id
@@ -268,18 +312,13 @@ def restore(session: Any, state: dict, session_id: str) -> list[dict]:
     if session.media is not None:
         changes.pop("output_rate", None)  # WebRTC tracks have their own rate
     session.agent.configure(**changes)
-    items = [Item(i["id"], i["role"], i["text"],
-                  [Span(t, a, b) for t, a, b in i.get("spans", [])], i.get("truncated", False))
-             for i in state.get("items", [])]
+    items = [_item_from_state(i) for i in state.get("items", [])]
     session.agent.conversation.items = items
     if items and hasattr(session.agent, "_last_item"):  # the next item's previous_item_id
         session.agent._last_item = items[-1].id
     out, previous = [], None
     for item in items:
-        part = "input_text" if item.role != "assistant" else "output_text"
-        out.append({"previous_item_id": previous, "item": {
-            "id": item.id, "object": "realtime.item", "type": "message", "role": item.role,
-            "status": "completed", "content": [{"type": part, "text": item.text}]}})
+        out.append({"previous_item_id": previous, "item": _protocol_item(item)})
         previous = item.id
     return out
 

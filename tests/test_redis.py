@@ -109,6 +109,12 @@ async def test_snapshot_restores_settings_and_history_on_a_new_session():
     first.agent.configure(semantic=replace(SemanticTurn(), complete_ms=250))
     await first.handle(message("user", "My name is Ada."))
     await first.handle(message("assistant", "Ahoy Ada."))
+    first.agent.conversation.add("item_call", "assistant", "")
+    first.agent.conversation.items[-1].type = "function_call"
+    first.agent.conversation.items[-1].call_id = "call_1"
+    first.agent.conversation.items[-1].name = "get_weather"
+    first.agent.conversation.items[-1].arguments = '{"city": "Oslo"}'
+    first.agent.conversation.items[0].images = (b"\x89PNG fake",)
     await clock.advance(0.1)
     state = json.loads(json.dumps(snapshot(first)))
     await first.close()
@@ -119,11 +125,16 @@ async def test_snapshot_restores_settings_and_history_on_a_new_session():
     assert second.agent.config.instructions == "Be a pirate."
     assert second.agent.config.semantic == replace(SemanticTurn(), complete_ms=250)
     assert second.agent.config.audio_output is False
-    assert [i["item"]["content"][0]["text"] for i in items] == ["My name is Ada.",
-                                                                "Ahoy Ada."]
-    assert second.agent.conversation.messages("x")[1:] == [
-        {"role": "user", "content": "My name is Ada."},
-        {"role": "assistant", "content": "Ahoy Ada."}]
+    assert [i["item"]["content"][-1]["text"] for i in items[:2]] == ["My name is Ada.",
+                                                                     "Ahoy Ada."]
+    assert items[0]["item"]["content"][0] == {"type": "input_image"}
+    assert items[2]["item"]["type"] == "function_call"
+    assert items[2]["item"]["arguments"] == '{"city": "Oslo"}'
+    restored = second.agent.conversation.items
+    assert [(i.id, i.role, i.text, i.type) for i in restored] == [
+        (i.id, i.role, i.text, i.type) for i in first.agent.conversation.items]
+    assert restored[0].images == (b"\x89PNG fake",) and restored[2].call_id == "call_1"
+    second.agent.conversation.items.pop()  # the fakes answer plain messages
     sent.clear()
     await second.start()
     await second.handle(json.dumps({"type": "response.create"}))
