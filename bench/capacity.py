@@ -56,11 +56,21 @@ def _common():
     return whisper_stream
 
 
+DEVICE = "cpu"  # --device: where the in-process benches run Whisper
+
+
 def load_whisper(models_dir: Path, weights: str = "stt/whisper-tiny.en", threads: int = 2):
     from faster_whisper import WhisperModel
 
-    return WhisperModel(str(models_dir / weights), device="cpu", compute_type="int8",
+    return WhisperModel(str(models_dir / weights), device=DEVICE,
+                        compute_type="float16" if DEVICE == "cuda" else "int8",
                         cpu_threads=threads, local_files_only=True)
+
+
+def _settings(ws, **kw):
+    """The model's settings for this device (config.pbtxt: one 30 s group on a GPU)."""
+    return ws.WhisperSettings(english_only=True, bucket_s=30.0 if DEVICE == "cuda" else 1.0,
+                              **kw)
 
 
 def speech_stream(seconds: float, gap_s: float = 0.3) -> tuple[np.ndarray, list[tuple[float, str]]]:
@@ -88,7 +98,7 @@ def run_stream(ws, model, audio: np.ndarray, ends: list, *, stable_s: float,
     so lag = arrival + queueing + decode, with this machine's real decode times."""
     from pipelines.text import word_error_rate, words
 
-    settings = ws.WhisperSettings(english_only=True, stable_commit=int(stable_s * RATE))
+    settings = _settings(ws, stable_commit=int(stable_s * RATE))
     tr = ws.StreamingTranscriber(ws.BatchedWhisper(model, settings), settings)
     step = int(chunk_s * RATE)
     clock, finals, shown = 0.0, "", []
@@ -153,8 +163,7 @@ def batch_gain(models_dir: Path, streams: int, seconds: float = 30.0) -> dict:
     step = RATE // 10
     out: dict = {"streams": streams, "audio_s_per_stream": seconds}
     for name, max_batch in (("batched", 16), ("serial", 1)):
-        settings = ws.WhisperSettings(english_only=True, stable_commit=4 * RATE,
-                                      max_batch=max_batch)
+        settings = _settings(ws, stable_commit=4 * RATE, max_batch=max_batch)
         tr = ws.StreamingTranscriber(ws.BatchedWhisper(model, settings), settings)
         n = int(seconds * RATE)
         cpu0, wall0 = time.process_time(), time.perf_counter()
@@ -372,8 +381,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--minutes", type=float, default=5.0)
     p.add_argument("--models-dir", type=Path,
                    default=Path(os.environ.get("AI_MODELS_DIR", "/opt/ai-models")))
+    p.add_argument("--device", choices=["cpu", "cuda"], default="cpu",
+                   help="Whisper device for --batch-gain and --long-stream")
     p.add_argument("--json", action="store_true")
     args = p.parse_args(argv)
+    global DEVICE
+    DEVICE = args.device
 
     results: dict = {}
     if args.batch_gain:
