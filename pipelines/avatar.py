@@ -120,6 +120,18 @@ def crop_portrait(image: np.ndarray, ann: Annotation, size: int = SIZE,
     return frame.to_ndarray(), ann.scaled(size / side, x0, y0)
 
 
+def write_png(path: Path, image: np.ndarray) -> None:
+    """An RGB image as PNG (through PyAV, as everything else here)."""
+    import av
+
+    with av.open(str(path), "w") as c:
+        stream = c.add_stream("png")
+        stream.width, stream.height, stream.pix_fmt = image.shape[1], image.shape[0], "rgb24"
+        for packet in [*stream.encode(av.VideoFrame.from_ndarray(
+                np.ascontiguousarray(image[..., :3]), format="rgb24")), *stream.encode()]:
+            c.mux(packet)
+
+
 def _sample(img: np.ndarray, xs: np.ndarray, ys: np.ndarray) -> np.ndarray:
     """Bilinear samples of ``img`` (float32, HxWx3) at (xs, ys)."""
     h, w = img.shape[:2]
@@ -181,17 +193,8 @@ class Avatar:
         return cls(portrait, ann)
 
     def save(self, folder: Path, source: str) -> None:
-        import av
-
         folder.mkdir(parents=True, exist_ok=True)
-        with av.open(str(folder / "portrait.png"), "w") as c:
-            stream = c.add_stream("png")
-            stream.width, stream.height, stream.pix_fmt = self.w, self.h, "rgb24"
-            for packet in stream.encode(av.VideoFrame.from_ndarray(self.portrait,
-                                                                   format="rgb24")):
-                c.mux(packet)
-            for packet in stream.encode():
-                c.mux(packet)
+        write_png(folder / "portrait.png", self.portrait)
         (folder / "avatar.json").write_text(json.dumps(
             {"annotation": self.ann.to_json(), "size": [self.w, self.h], "fps": FPS,
              "renderer": "warp", "source": source}, indent=2) + "\n")

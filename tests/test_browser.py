@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 from pipelines.audio import write_wav
-from pipelines.avatar import Avatar
+from pipelines.avatar import Avatar, write_png
 from pipelines.speech import espeak_speech
 from pipelines.text import word_error_rate
 from streaming.server import ROUTER, SESSIONS
@@ -56,17 +56,6 @@ async def video_frame(browser: Browser) -> np.ndarray | None:
         return None
     with av.open(io.BytesIO(base64.b64decode(url.split(",", 1)[1]))) as c:
         return next(c.decode(video=0)).to_ndarray(format="rgb24")
-
-
-def save_png(path, image: np.ndarray) -> None:
-    import av
-
-    with av.open(str(path), "w") as c:
-        stream = c.add_stream("png")
-        stream.width, stream.height, stream.pix_fmt = image.shape[1], image.shape[0], "rgb24"
-        for packet in [*stream.encode(av.VideoFrame.from_ndarray(image, format="rgb24")),
-                       *stream.encode()]:
-            c.mux(packet)
 
 
 def in_order(phases: list[str], expected: list[str]) -> bool:
@@ -135,13 +124,13 @@ async def test_talking_avatar_page(media_server, model_store, tmp_path, artifact
     # frame's border is the photo's (VP8 leaves a little noise).
     avatar = Avatar.load(model_store.model_dir("avatar", "astronaut"))
     assert silent_frame is not None and silent_frame.shape == avatar.portrait.shape
-    save_png(artifacts / "avatar_video_silent.png", silent_frame)
+    write_png(artifacts / "avatar_video_silent.png", silent_frame)
     assert border_diff(silent_frame, avatar.portrait) < 6
     assert np.abs(luma(silent_frame) - luma(avatar.portrait)).mean() < 4
     frames = [f for f in speaking_frames if f is not None]
     checks = [mouth_defects(avatar, f, 1.0, 2, margin=4.0) for f in frames]
     widest = max(range(len(frames)), key=lambda i: checks[i]["dark_inside"])
-    save_png(artifacts / "avatar_video_speaking.png", frames[widest])
+    write_png(artifacts / "avatar_video_speaking.png", frames[widest])
     assert checks[widest]["dark_inside"] > 30, checks  # the mouth opened
     for f, c in zip(frames, checks, strict=True):
         assert c["dark_outside"] <= 3, checks  # no dark shape outside the lips
