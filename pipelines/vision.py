@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import json
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Protocol
 
@@ -119,7 +119,9 @@ def vision_messages(messages: list[dict]) -> tuple[list[dict], list[bytes]]:
 
 class VisionBackend(Protocol):
     def chat(self, messages: list[dict], images: list[bytes], *, max_tokens: int,
-             temperature: float | None, seed: int | None) -> AsyncIterator[VisionToken]: ...
+             temperature: float | None, seed: int | None,
+             on_loading: Callable[[], Awaitable[None]] | None = None
+             ) -> AsyncIterator[VisionToken]: ...
 
 
 @dataclass
@@ -129,7 +131,9 @@ class DirectVision:
     router: ModelRouter
 
     def chat(self, messages: list[dict], images: list[bytes], *, max_tokens: int,
-             temperature: float | None, seed: int | None) -> AsyncIterator[VisionToken]:
+             temperature: float | None, seed: int | None,
+             on_loading: Callable[[], Awaitable[None]] | None = None
+             ) -> AsyncIterator[VisionToken]:
         route = self.router.route("multimodal")
         return vision_chat(route.client, messages, images, model=route.model,
                            max_tokens=max_tokens, temperature=temperature, seed=seed)
@@ -142,6 +146,9 @@ class VisionRoutingLLM:
 
     llm: LLM
     vision: VisionBackend
+    # called when a turn must wait for the multimodal model to load (the session tells
+    # its client)
+    on_loading: Callable[[], Awaitable[None]] | None = None
 
     def chat(self, messages: list[dict], *, max_tokens: int, temperature: float | None,
              seed: int | None, **tools) -> AsyncIterator[Token]:
@@ -153,7 +160,7 @@ class VisionRoutingLLM:
 
     async def _vision(self, messages: list[dict], **opts) -> AsyncIterator[Token]:
         shaped, images = vision_messages(messages)
-        gen = self.vision.chat(shaped, images, **opts)
+        gen = self.vision.chat(shaped, images, on_loading=self.on_loading, **opts)
         async with contextlib.aclosing(gen):
             async for tok in gen:
                 yield _token(tok.text, tok.finish_reason)

@@ -283,13 +283,15 @@ class LoadedVision:
     use_case: str = "multimodal"
 
     def chat(self, messages: list[dict], images: list[bytes], *, max_tokens: int,
-             temperature: float | None, seed: int | None) -> AsyncIterator[VisionToken]:
-        return self._chat(messages, images, max_tokens=max_tokens, temperature=temperature,
-                          seed=seed)
+             temperature: float | None, seed: int | None,
+             on_loading: Callable[[], Awaitable[None]] | None = None
+             ) -> AsyncIterator[VisionToken]:
+        return self._chat(messages, images, on_loading, max_tokens=max_tokens,
+                          temperature=temperature, seed=seed)
 
-    async def _chat(self, messages: list[dict], images: list[bytes], **opts
+    async def _chat(self, messages: list[dict], images: list[bytes], on_loading, **opts
                     ) -> AsyncIterator[VisionToken]:
-        async with self.loader.use(self.use_case) as route:
+        async with self.loader.use(self.use_case, on_loading) as route:
             gen = vision_chat(route.client, messages, images, model=route.model, **opts)
             async with contextlib.aclosing(gen):
                 async for tok in gen:

@@ -101,6 +101,13 @@ class RealtimeSession:
                                 on_metric=lambda stage, v: M.TURN_LATENCY.labels(stage)
                                 .observe(v))
         self._writer: asyncio.Task | None = None
+        if hasattr(self.agent.services.llm, "on_loading"):  # a turn with an image may wait
+            self.agent.services.llm.on_loading = self._heavy_model_loading
+
+    async def _heavy_model_loading(self) -> None:
+        """The multimodal model is loading for this turn (first use): say so, the reply
+        follows once it is loaded (an extension event)."""
+        self.emit("rtmedia.model.loading", model="vlm", use_case="multimodal")
 
     # -- lifecycle --------------------------------------------------------------------------
     async def start(self) -> None:

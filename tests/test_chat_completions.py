@@ -234,6 +234,9 @@ async def test_realtime_image_turn_goes_to_the_multimodal_model_and_is_spoken(do
     from streaming.client import RealtimeClient
 
     url = door.http.replace("http://", "ws://") + "/v1/realtime"
+    async with aiohttp.ClientSession(headers={"Authorization": f"Bearer {KEY}"}) as http, \
+            http.post(door.http + "/v1/models/vlm/unload") as r:
+        assert r.status == 200  # the turn must wait for it to load
     before_vlm = await model_successes(door.heavy.http_url, "vlm")
     client = await RealtimeClient(url).connect(headers={"Authorization": f"Bearer {KEY}"})
     try:
@@ -273,6 +276,9 @@ async def test_realtime_image_turn_goes_to_the_multimodal_model_and_is_spoken(do
     assert events[-1].type == "response.done", [e.type for e in events][-5:]
     assert events[-1].data["response"]["status"] == "completed", events[-1].data
     assert any(e.type == "response.output_audio.delta" for e in events)
+    types = [e.type for e in events]
+    assert "rtmedia.model.loading" in types  # told, then answered
+    assert types.index("rtmedia.model.loading") < types.index("response.output_audio.delta")
     assert between == before_vlm + 1  # the image turn was answered by the vlm model
     assert await model_successes(door.heavy.http_url, "vlm") == between
     assert error.data["error"]["code"] == "invalid_image"
