@@ -31,7 +31,7 @@ from aiohttp import WSMsgType, web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from pipelines.router import ModelRouter
-from streaming import auth, chat_completions
+from streaming import auth, chat_completions, forwarded
 from streaming import metrics as M
 from streaming.auth import ACCESS, Access
 from streaming.realtime import Limits, RealtimeSession
@@ -100,8 +100,9 @@ def create_app(settings: Settings, router: ModelRouter | None = None,
     guard = auth.Auth(settings.api_key, secrets or state, auth.Origins(settings.allowed_origins),
                       demo_pages_mint=settings.demo_pages_mint)
     auth.install_log_redaction(settings.api_key)
-    app = web.Application(client_max_size=MAX_BODY_BYTES,
-                          middlewares=[auth.middleware(guard, required_access)])
+    app = web.Application(client_max_size=MAX_BODY_BYTES, middlewares=[
+        forwarded.middleware(forwarded.parse_networks(settings.trusted_proxies)),
+        auth.middleware(guard, required_access)])
     app[SETTINGS] = settings
     app[AUTH] = guard
     app[ROUTER] = router or make_router(settings)

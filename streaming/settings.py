@@ -98,6 +98,8 @@ class Settings:
     global_max_sessions: int = 0
     # How long a closed session's state (history, settings) can be resumed
     session_state_ttl_s: float = 3600.0
+    # Reverse proxies (CIDRs) whose X-Forwarded-For / X-Real-IP name the client
+    trusted_proxies: tuple = ()
     # Heavy models (multimodal, video): loaded on first use, unloaded after this idle time
     # (0: never) or least-recently-used first when loading another would pass the memory
     # budget (MB of weights, per heavy Triton; 0: no budget)
@@ -163,6 +165,8 @@ class Settings:
             redis_url=_env("REDIS_URL", ""),
             global_max_sessions=int(_env("GLOBAL_MAX_SESSIONS", "0")),
             session_state_ttl_s=float(_env("SESSION_STATE_TTL_S", "3600")),
+            trusted_proxies=tuple(p.strip() for p in _env("TRUSTED_PROXIES", "").split(",")
+                                  if p.strip()),
             heavy_idle_unload_s=float(_env("HEAVY_IDLE_UNLOAD_S", "600")),
             heavy_memory_budget_mb=int(_env("HEAVY_MEMORY_BUDGET_MB", "0")),
             heavy_max_concurrent=int(_env("HEAVY_MAX_CONCURRENT", "1")),

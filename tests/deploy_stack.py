@@ -245,6 +245,7 @@ def deploy_stack(triton, triton_settings, model_store, tmp_path_factory):
                    RTMEDIA_METRICS_PORT=str(free_port()), RTMEDIA_MAX_SESSIONS="4",
                    RTMEDIA_GLOBAL_MAX_SESSIONS=str(GLOBAL_MAX_SESSIONS),
                    RTMEDIA_DRAIN_GRACE_S="30", RTMEDIA_API_KEY=KEY,
+                   RTMEDIA_TRUSTED_PROXIES="127.0.0.1/32",
                    RTMEDIA_ALLOWED_ORIGINS="same-origin,loopback")
         replicas.append(Replica(f"media-{i}", free_port(), int(env["RTMEDIA_METRICS_PORT"]),
                                 env, folder / f"media-{i}.log"))
@@ -267,9 +268,11 @@ def deploy_stack(triton, triton_settings, model_store, tmp_path_factory):
     finally:
         if nginx.proc:
             nginx.stop()
-        for r in replicas:
-            if r.proc is not None:
-                r.stop()
+        running = [r for r in replicas if r.proc is not None and r.proc.poll() is None]
+        for r in running:  # all drain at once (none has a session left)
+            r.proc.send_signal(signal.SIGTERM)
+        for r in running:
+            r.stop()
         redis_server.stop()
 
 

@@ -70,6 +70,43 @@ async def test_drain_grace_expires_with_a_shutdown_error(tmp_path):
             assert event["error"]["code"] == "server_shutdown"
 
 
+async def test_client_address_comes_from_trusted_proxies_only(tmp_path):
+    """Behind nginx every request comes from nginx: the wrong-credential limit (30 a
+    minute per address) would lock every client out together. From a trusted proxy
+    (127.0.0.2 here) the client is the X-Forwarded-For address; from anyone else the
+    header is ignored."""
+    import aiohttp
+    from multidict import CIMultiDict as h
+
+    from streaming.forwarded import client_address, parse_networks
+
+    nets = parse_networks(["127.0.0.2/32", "10.0.0.0/8"])
+    assert client_address("127.0.0.2", h({"X-Forwarded-For": "198.51.100.7, 10.1.2.3"}),
+                          nets) == "198.51.100.7"
+    assert client_address("127.0.0.1", h({"X-Forwarded-For": "198.51.100.7"}), nets) is None
+    assert client_address("127.0.0.2", h({"X-Real-IP": "198.51.100.8"}), nets) == \
+        "198.51.100.8"
+    assert client_address("127.0.0.2", h({"X-Forwarded-For": "junk"}), nets) is None
+
+    wrong = {"Authorization": "Bearer sk-wrong-key"}
+
+    async def status(local: str, forwarded_for: str) -> int:
+        async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(
+                local_addr=(local, 0))) as http, http.get(
+                s.http + "/v1/models", headers={**wrong, "X-Forwarded-For": forwarded_for}
+        ) as r:
+            return r.status
+
+    async with serve(keyed_settings(tmp_path, trusted_proxies=("127.0.0.2/32",))) as s:
+        # through the trusted proxy: one client's failures do not lock out another
+        assert {await status("127.0.0.2", "198.51.100.7") for _ in range(30)} == {401}
+        assert await status("127.0.0.2", "198.51.100.7") == 429
+        assert await status("127.0.0.2", "203.0.113.9") == 401
+        # an untrusted peer cannot pick its address: its failures are its own
+        assert {await status("127.0.0.1", f"192.0.2.{i}") for i in range(30)} == {401}
+        assert await status("127.0.0.1", "192.0.2.200") == 429
+
+
 # -- Prometheus: config, alert rules and their unit tests, dashboards' PromQL --------------
 PROMETHEUS_DIR = ROOT / "deploy" / "prometheus"
 DASHBOARDS = sorted((ROOT / "deploy" / "grafana" / "dashboards").glob("*.json"))

@@ -88,6 +88,19 @@ def test_tls_redirect_headers_limits_and_private_metrics(deploy_stack):
                                context=ssl.create_default_context())
 
 
+async def test_replicas_see_the_client_address_not_nginx(deploy_stack):
+    """nginx passes X-Forwarded-For; the replicas trust it from nginx (127.0.0.1 here,
+    RTMEDIA_TRUSTED_PROXIES), so their per-address limits and logs name the client."""
+    async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(
+            local_addr=("127.0.0.2", 0))) as http, http.get(
+            deploy_stack.nginx.https + "/v1/models", ssl=deploy_stack.nginx.ssl_context(),
+            headers={"Authorization": "Bearer sk-wrong"}) as r:
+        assert r.status == 401
+    await asyncio.sleep(0.2)
+    logs = "".join(r.log.read_text(errors="replace") for r in deploy_stack.replicas)
+    assert "refused GET /v1/models from 127.0.0.2" in logs
+
+
 async def test_openai_sdk_voice_turn_over_wss(deploy_stack):
     from openai import AsyncOpenAI
 
