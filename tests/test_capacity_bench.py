@@ -1,0 +1,48 @@
+"""The capacity bench's arithmetic on Triton's and the media server's metrics pages."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+
+from bench.capacity import _cpu_seconds, stage_latency, triton_batches
+
+W = 'model="whisper",version="1"'
+P = 'model="piper",version="1"'
+
+
+def test_triton_batch_size_is_requests_per_execution():
+    before = {f"nv_inference_request_success{{{W}}}": 10.0,
+              f"nv_inference_exec_count{{{W}}}": 10.0,
+              f"nv_inference_queue_duration_us{{{W}}}": 0.0,
+              f"nv_inference_compute_infer_duration_us{{{W}}}": 0.0,
+              f"nv_inference_request_success{{{P}}}": 5.0}
+    after = {f"nv_inference_request_success{{{W}}}": 110.0,
+             f"nv_inference_exec_count{{{W}}}": 35.0,
+             f"nv_inference_queue_duration_us{{{W}}}": 2_000_000.0,
+             f"nv_inference_compute_infer_duration_us{{{W}}}": 5_000_000.0,
+             f"nv_inference_request_success{{{P}}}": 5.0}
+    assert triton_batches(before, after) == {"whisper": {
+        "requests": 100, "executions": 25, "batch_size": 4.0, "queue_ms": 20.0,
+        "compute_ms": 50.0}}  # piper had no requests in between: left out
+
+
+def test_stage_latency_interpolates_inside_the_buckets_of_the_difference():
+    def page(counts):
+        les = ["0.1", "0.5", "1.0", "+Inf"]
+        return {f'rtmedia_turn_latency_seconds_bucket{{le="{le}",stage="first_audio"}}': c
+                for le, c in zip(les, counts, strict=True)}
+
+    before = page([5, 5, 5, 5])  # earlier turns are not counted again
+    after = page([5, 5, 15, 25])
+    row = stage_latency(before, after)["first_audio"]
+    assert row["n"] == 20
+    assert row["p50_ms"] == pytest.approx(1000)  # 10 of 20 at or below 1.0 s
+    assert row["p95_ms"] is None  # past the last finite bucket
+
+
+def test_cpu_seconds_counts_this_process():
+    spent = _cpu_seconds([os.getpid()])
+    sum(i * i for i in range(2_000_000))
+    assert _cpu_seconds([os.getpid()]) > spent > 0
