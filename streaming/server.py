@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
 import json
 import logging
 import re
@@ -265,6 +266,8 @@ async def realtime_ws(request: web.Request) -> web.StreamResponse:
     sessions: set = request.app[SESSIONS]
     if request.app[DRAINING].is_set():
         return draining_refusal()
+    if (refused := await session_rate_refusal(request)) is not None:
+        return refused
     # The handshake never sees the credential subprotocol: aiohttp would log it (a
     # WARNING: no overlap with ours) and must not echo it back as the chosen protocol.
     handshake = auth.without_credential_protocols(request)
@@ -461,6 +464,8 @@ async def realtime_call(request: web.Request) -> web.Response:
                                  status=400)
     if request.app[DRAINING].is_set():
         return draining_refusal()
+    if (refused := await session_rate_refusal(request)) is not None:
+        return refused
     avatar = _avatar(request.app)
     if avatar is None:
         return web.json_response({"error": {"code": "avatar_missing", "message":
@@ -543,6 +548,27 @@ async def _webrtc_idle_watch(rtc, idle_s: float) -> None:
             await session.drain()
             await rtc.close()
             return
+
+
+async def session_rate_refusal(request: web.Request) -> web.Response | None:
+    """``RTMEDIA_SESSIONS_PER_MINUTE``: new sessions per credential (the client's address
+    without one), counted across the replicas sharing the Redis; 429 past it."""
+    settings: Settings = request.app[SETTINGS]
+    if not settings.sessions_per_minute:
+        return None
+    who = (auth.bearer_token(request.headers) or auth.protocol_token(request.headers)
+           or f"addr:{request.remote}")
+    digest = hashlib.sha256(who.encode("utf-8", "surrogatepass")).hexdigest()[:32]
+    wait = await request.app[STATE].take_rate(digest, settings.sessions_per_minute)
+    if not wait:
+        return None
+    M.SESSIONS_REFUSED.inc()
+    M.ERRORS.labels("session_rate_limited").inc()
+    return web.json_response({"error": {
+        "type": "rate_limit_error", "code": "session_rate_limited",
+        "message": f"at most {settings.sessions_per_minute} new sessions a minute per "
+                   f"credential; retry in {wait:.0f} s"}},
+        status=429, headers={"Retry-After": str(max(1, round(wait)))})
 
 
 def draining_refusal() -> web.Response:

@@ -100,6 +100,9 @@ class Settings:
     session_state_ttl_s: float = 3600.0
     # Reverse proxies (CIDRs) whose X-Forwarded-For / X-Real-IP name the client
     trusted_proxies: tuple = ()
+    # New sessions per minute per credential (API key or client secret; the client's
+    # address without auth), on all replicas sharing the Redis (0: no limit)
+    sessions_per_minute: int = 0
     # Heavy models (multimodal, video): loaded on first use, unloaded after this idle time
     # (0: never) or least-recently-used first when loading another would pass the memory
     # budget (MB of weights, per heavy Triton; 0: no budget)
@@ -165,6 +168,7 @@ class Settings:
             redis_url=_env("REDIS_URL", ""),
             global_max_sessions=int(_env("GLOBAL_MAX_SESSIONS", "0")),
             session_state_ttl_s=float(_env("SESSION_STATE_TTL_S", "3600")),
+            sessions_per_minute=int(_env("SESSIONS_PER_MINUTE", "0")),
             trusted_proxies=tuple(p.strip() for p in _env("TRUSTED_PROXIES", "").split(",")
                                   if p.strip()),
             heavy_idle_unload_s=float(_env("HEAVY_IDLE_UNLOAD_S", "600")),

@@ -63,6 +63,7 @@ class MemoryState:
         self.max_sessions_kept = max_sessions_kept
         self._sessions: OrderedDict[str, tuple[float, dict]] = OrderedDict()
         self.slots: set[str] = set()
+        self._counters: dict[str, tuple[int, float]] = {}
         self.secrets = MemorySecretStore(clock=clock)
 
     def save_session(self, session_id: str, state: dict, ttl_s: float) -> None:
@@ -77,6 +78,15 @@ class MemoryState:
             self._sessions.pop(session_id, None)
             return None
         return entry[1]
+
+    def count(self, key: str, expires_at: float) -> int:
+        """One more in the counter ``key`` (kept until ``expires_at``)."""
+        now = self.clock()
+        if len(self._counters) > 10_000:
+            self._counters = {k: v for k, v in self._counters.items() if v[1] > now}
+        n, _ = self._counters.get(key, (0, expires_at))
+        self._counters[key] = (n + 1, expires_at)
+        return n + 1
 
     def acquire_slot(self, token: str, limit: int) -> bool:
         if len(self.slots) >= limit:
@@ -192,6 +202,26 @@ class StateStore:
                                                      *held), "the session limit")
         else:
             await self._try(lambda: self._redis.ping(), "state")
+
+    # -- per-credential rates ---------------------------------------------------------
+    async def take_rate(self, who: str, limit: int, window_s: float = 60.0) -> float:
+        """Count one event for ``who`` (a digest, never a credential) in the current
+        ``window_s`` window shared by all replicas: 0 when it is within ``limit``, else
+        the seconds until the window ends."""
+        now = time.time()
+        window = int(now // window_s)
+        key = f"{PREFIX}rate:{who}:{window}"
+        wait = (window + 1) * window_s - now
+
+        async def incr() -> int:
+            async with self._redis.pipeline(transaction=True) as pipe:
+                count, _ = await pipe.incr(key).expire(key, int(window_s * 2)).execute()
+            return count
+
+        ok, count = await self._try(incr, "rate limits")
+        if not ok:
+            count = self.memory.count(key, now + window_s * 2)
+        return 0.0 if count <= limit else wait
 
     # -- client secrets (streaming.auth.SecretStore) -----------------------------------
     async def mint(self, ttl_s: float) -> ClientSecret:

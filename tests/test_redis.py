@@ -297,3 +297,35 @@ async def test_redis_stopped_mid_run_sessions_go_on(deploy_stack):
     while not await back():
         assert time.monotonic() < deadline, "the replica did not reconnect to Redis"
         await asyncio.sleep(0.5)
+
+
+async def test_sessions_per_minute_per_credential_across_two_replicas(redis_server, tmp_path):
+    """RTMEDIA_SESSIONS_PER_MINUTE counted in Redis: two media servers (in this process)
+    share one count per credential; another credential has its own."""
+    import aiohttp
+
+    from tests.test_auth import KEY, keyed_settings, serve
+
+    left = 60 - time.time() % 60
+    if left < 5:  # the count is per minute: start in a fresh one
+        await asyncio.sleep(left + 0.1)
+    auth = {"Authorization": "Bearer " + KEY}
+    settings = {"redis_url": redis_server.url, "sessions_per_minute": 3}
+    async with serve(keyed_settings(tmp_path, **settings)) as a, \
+            serve(keyed_settings(tmp_path, **settings)) as b:
+
+        async def status(server, headers: dict) -> int:
+            try:
+                async with websockets.connect(server.ws, additional_headers=headers) as ws:
+                    assert json.loads(await ws.recv())["type"] == "session.created"
+                    return 101
+            except websockets.InvalidStatus as exc:
+                return exc.response.status_code
+
+        assert [await status(a, auth), await status(b, auth), await status(a, auth)] == [101] * 3
+        assert await status(b, auth) == 429
+        assert await status(a, auth) == 429
+        async with aiohttp.ClientSession() as http, http.post(
+                a.http + "/v1/realtime/client_secrets", headers=auth) as r:
+            secret = (await r.json())["value"]
+        assert await status(b, {"Authorization": "Bearer " + secret}) == 101
