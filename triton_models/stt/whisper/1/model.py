@@ -96,18 +96,21 @@ class TritonPythonModel:
 
         def send(i: int, result) -> None:
             answered.add(i)
-            if isinstance(result, Exception):
-                _fail(senders[i], result)
-            else:
-                senders[i].send(_response(*result), flags=FINAL)
+            try:
+                if isinstance(result, Exception):
+                    _fail(senders[i], result)
+                else:
+                    senders[i].send(_response(*result), flags=FINAL)
+            except Exception as exc:  # e.g. the client cancelled: the others still get theirs
+                pb_utils.Logger.log_warn(f"whisper: answer not sent: {exc!r}")
 
         try:
             self.transcriber.handle_batch(chunks, send)
         except Exception as exc:  # a bug must answer every stream, not leave it waiting
             pb_utils.Logger.log_error(f"whisper batch failed: {exc!r}")
-            for i, sender in enumerate(senders):
+            for i in range(len(senders)):
                 if i not in answered:
-                    _fail(sender, exc)
+                    send(i, exc)
         self.transcriber.expire_idle()
         return None
 
