@@ -405,6 +405,10 @@ async def test_phone_layout(media_server, tmp_path, artifacts):
             video: document.getElementById('avatar').getBoundingClientRect().toJSON(),
             caption: document.getElementById('caption').getBoundingClientRect().toJSON()})""")
         await browser.screenshot(artifacts / "avatar_page_phone.png")
+        await browser.eval("document.getElementById('mute').click()")
+        muted = await browser.eval("""({muted: rtmedia.muted,
+            label: document.getElementById('mute').textContent,
+            pressed: document.getElementById('mute').getAttribute('aria-pressed')})""")
         await browser.goto(media_server.http + "/captions.html?test=1")
         captions_page = await browser.eval("""({inner: innerWidth,
             scroll: document.documentElement.scrollWidth,
@@ -419,6 +423,7 @@ async def test_phone_layout(media_server, tmp_path, artifacts):
     v, c = page["video"], page["caption"]
     assert v["top"] <= c["top"] and c["bottom"] <= v["bottom"], page  # on the video
     assert captions_page["scroll"] <= captions_page["inner"] and captions_page["lines"] >= 280
+    assert muted == {"muted": True, "label": "Unmute", "pressed": "true"}, muted
 
 
 DENY_MIC = """MediaDevices.prototype.getUserMedia = async function () {
@@ -512,6 +517,17 @@ async def test_pages_come_back_after_a_server_restart(triton, triton_settings, t
                 back_s.append(asyncio.get_running_loop().time() - t_ready)
                 assert app[SESSIONS]
 
+        # the captions page (WebSocket) first
+        async with media_server_on(triton, triton_settings, port):
+            await browser.goto(f"http://127.0.0.1:{port}/captions.html?test=1&raw=1&autostart=1")
+            await browser.wait_for("rtmedia.connection === 'connected'", timeout=30)
+        await browser.wait_for("rtmedia.connection.startsWith('connection lost')", timeout=3)
+        await asyncio.sleep(1.0)
+        async with media_server_on(triton, triton_settings, port):
+            t_ready = asyncio.get_running_loop().time()
+            await browser.wait_for("rtmedia.connection === 'connected'", timeout=15)
+            captions_page = asyncio.get_running_loop().time() - t_ready
+
         async with media_server_on(triton, triton_settings, port):
             await browser.goto(f"http://127.0.0.1:{port}/index.html?test=1&raw=1&autostart=1")
             await browser.wait_for(BACK, timeout=30)
@@ -541,11 +557,12 @@ async def test_pages_come_back_after_a_server_restart(triton, triton_settings, t
                                        " nodes: document.getElementsByTagName('*').length})")
     finally:
         await browser.close()
-    print(f"\nrestart: lost shown after {lost_ms} ms; back {normal_page:.2f} s (page), "
+    print(f"\nrestart: captions page back {captions_page:.2f} s; "
+          f"lost shown after {lost_ms} ms; back {normal_page:.2f} s (page), "
           f"{[round(b, 2) for b in back_s]} s (kiosk); counters {counters}")
     assert stopped["phase"] == "reconnecting" and stopped["button"] == "Stop", stopped
     assert not stopped["video"]  # no frozen frame with the mouth open
-    assert normal_page < 5.0
+    assert normal_page < 5.0 and captions_page < 5.0
     assert all(b < 5.0 for b in back_s), back_s
     assert all(ms < 1500 for ms in lost_ms), lost_ms
     assert kiosk["loops"] == 1 and kiosk["chains"] == 1, kiosk

@@ -429,6 +429,14 @@ function onEvent(ev) {
   }
 }
 
+// back on screen: a retry that waits longer than the visible cap comes sooner
+document.addEventListener("visibilitychange", () => {
+  if (document.hidden || !retryTimer || retryAt - performance.now() < 2000) return;
+  clearTimeout(retryTimer);
+  const delay = 500 + Math.random() * 1000;
+  retryAt = performance.now() + delay;
+  retryTimer = setTimeout(() => { retryTimer = null; if (wanted) start(); }, delay);
+});
 $("start").onclick = () => (wanted ? stop() : start());
 $("mute").onclick = toggleMute;
 loop();
