@@ -491,6 +491,7 @@ class VoiceAgent:
             status, reason = "cancelled", (exc.args[0] if exc.args else "client_cancelled")
         except (TritonUnavailable, TritonModelError) as exc:
             status, reason = "failed", str(exc)
+            code = getattr(exc, "code", None)  # "busy": a heavy model at its cap
             log.warning("session %s: response %s failed: %s", self.session_id, rid, exc)
         except Exception as exc:  # a bug: say so to the client and in the log
             status, reason = "failed", f"internal error: {type(exc).__name__}: {exc}"

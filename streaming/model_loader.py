@@ -28,6 +28,7 @@ from pathlib import Path
 from prometheus_client import Counter, Gauge, Histogram
 
 from pipelines.router import ModelRouter, Route
+from pipelines.triton_client import TritonModelError
 from pipelines.vision import VisionToken, vision_chat
 from streaming import metrics as M
 
@@ -55,12 +56,16 @@ REFUSED = Counter("rtmedia_heavy_requests_busy_total", "Heavy requests refused a
                   ["model"], registry=M.REGISTRY)
 
 
-class Busy(RuntimeError):
+class Busy(TritonModelError):
     """The heavy model is at its concurrency cap and queue, or memory is taken."""
 
+    code = "busy"  # the error code a Realtime session reports
 
-class ModelUnavailable(RuntimeError):
+
+class ModelUnavailable(TritonModelError):
     """The model cannot be loaded (no weights, load failed, Triton down)."""
+
+    code = "model_unavailable"
 
 
 @dataclass

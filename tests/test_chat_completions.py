@@ -309,3 +309,35 @@ async def test_webrtc_camera_turn_is_answered_by_the_multimodal_model(door):
     assert await model_successes(door.heavy.http_url, "vlm") == before + 1
     stopped = call.rec.first("input_audio_buffer.speech_stopped")
     assert any(level > 0.02 for t, level in call.rec.audio_levels if t > stopped)
+
+
+async def test_realtime_image_turn_is_refused_as_busy_at_the_cap(door):
+    """The cap is one request per heavy model, no queue: while a chat completion holds
+    vlm, a Realtime image turn fails at once with error code busy (no waiting)."""
+    from streaming.client import RealtimeClient
+
+    headers = {"Authorization": f"Bearer {KEY}"}
+    body = {"model": "vlm", "stream": True, "max_tokens": 400, "messages": image_question()}
+    async with aiohttp.ClientSession(headers=headers) as http, http.post(
+            door.http + "/v1/chat/completions", json=body) as held:
+        async for raw in held.content:  # until the first token: vlm is busy with it
+            if b'"content": "' in raw and b'"content": ""' not in raw:
+                break
+        url = door.http.replace("http://", "ws://") + "/v1/realtime"
+        client = await RealtimeClient(url).connect(headers=headers)
+        try:
+            await client.wait_for("session.created")
+            await client.update({"type": "realtime", "output_modalities": ["text"],
+                                 "audio": {"input": {"turn_detection": None}}})
+            await client.send({"type": "conversation.item.create", "item": {
+                "type": "message", "role": "user", "content": [
+                    {"type": "input_image", "image_url": png_url()},
+                    {"type": "input_text", "text": "What is it?"}]}})
+            await client.wait_for("conversation.item.added")
+            await client.send({"type": "response.create"})
+            error = await client.wait_for("error")
+            done = await client.wait_for("response.done")
+        finally:
+            await client.close()
+    assert error.data["error"]["code"] == "busy", error.data
+    assert done.data["response"]["status"] == "failed"
