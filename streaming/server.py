@@ -186,10 +186,12 @@ async def readyz(request: web.Request) -> web.Response:
 async def metrics(request: web.Request) -> web.Response:
     router: ModelRouter = request.app[ROUTER]
     M.TRITON_STREAMS.set(router.open_streams())
-    for use_case in ("stt", "tts", "agent"):  # fresh at every scrape, for the alert rules
-        route = router.route(use_case)
-        ready = await route.client.model_ready(route.model)
-        M.MODEL_READY.labels(use_case, route.model).set(1 if ready else 0)
+    # fresh at every scrape, for the alert rules; asked together (Triton down: one 2 s
+    # deadline, not one per model, well inside Prometheus' scrape timeout)
+    routes = {uc: router.route(uc) for uc in ("stt", "tts", "agent")}
+    ready = await asyncio.gather(*(r.client.model_ready(r.model) for r in routes.values()))
+    for (use_case, route), ok in zip(routes.items(), ready, strict=True):
+        M.MODEL_READY.labels(use_case, route.model).set(1 if ok else 0)
     body = generate_latest(M.REGISTRY)
     return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
 
