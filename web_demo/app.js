@@ -6,6 +6,8 @@
 
 const params = new URLSearchParams(location.search);
 const kiosk = params.has("kiosk");
+// the camera: what it shows goes with the questions asked while it is on (?camera=1: on)
+let cameraOn = params.has("camera");
 const testing = params.has("test");
 const rawMic = params.has("raw");  // tests: no echo cancellation / noise suppression
 const $ = (id) => document.getElementById(id);
@@ -83,6 +85,9 @@ function setButtons() {
   $("mute").hidden = !wanted;
   $("mute").textContent = state.muted ? "Unmute" : "Mute";
   $("mute").setAttribute("aria-pressed", String(state.muted));
+  $("camera").hidden = !wanted;
+  $("camera").textContent = cameraOn ? "Camera off" : "Camera";
+  $("camera").setAttribute("aria-pressed", String(cameraOn));
 }
 
 // -- connecting ----------------------------------------------------------------------------
@@ -90,7 +95,7 @@ async function start() {
   wanted = true; clearTimeout(retryTimer); retryTimer = null;
   setButtons(); clearError(); showNotice("");
   setState("connecting"); setPhase("connecting");
-  const my = conn = { id: ++state.connects };
+  const my = conn = { id: ++state.connects, slowProbes: 0 };
   try {
     // the microphone first: its permission prompt (or refusal) comes at once
     const constraints = rawMic
@@ -113,7 +118,9 @@ async function start() {
     mouthBox = config.mouth;  // the avatar's mouth area (?test=1 telemetry)
     const pc = my.pc = new RTCPeerConnection({ iceServers: config.ice_servers || [] });
     mic.getTracks().forEach((t) => pc.addTrack(t, mic));
-    pc.addTransceiver("video", { direction: "recvonly" });
+    // video both ways: the avatar in, the camera out (a track only while it is on)
+    my.video = pc.addTransceiver("video", { direction: "sendrecv" });
+    if (cameraOn) attachCamera(my);
     const dc = my.dc = pc.createDataChannel("oai-events");
     dc.onmessage = (e) => { if (conn === my) onEvent(JSON.parse(e.data)); };
     dc.onopen = () => {
@@ -165,17 +172,20 @@ async function start() {
 }
 
 // The server's process may vanish without closing anything: a cheap request each
-// second tells at once (connection refused) instead of ICE's consent timeout.
+// second tells at once (connection refused) instead of ICE's consent timeout. A busy
+// server is not a lost one: only a refused connection, a proxy that cannot reach it
+// (502/504) or two probes in a row unanswered for 4 s count.
 async function probe(my) {
   if (conn !== my || my.probing) return;
   my.probing = true;
   const ctl = new AbortController();
-  const timer = setTimeout(() => ctl.abort(), 2500);
+  const timer = setTimeout(() => ctl.abort(), 4000);
   try {
     const r = await fetch("/healthz", { signal: ctl.signal, cache: "no-store" });
-    if (!r.ok && r.status >= 500) throw new Error(`server answered ${r.status}`);
+    my.slowProbes = 0;
+    if (r.status === 502 || r.status === 504) lost(my, `the server is unreachable (${r.status})`);
   } catch (err) {
-    lost(my, "the server is not answering");
+    if (err.name !== "AbortError" || ++my.slowProbes >= 2) lost(my, "the server is not answering");
   } finally {
     clearTimeout(timer); my.probing = false;
   }
@@ -238,6 +248,29 @@ function teardown() {
 
 function send(event) {
   if (conn && conn.dc && conn.dc.readyState === "open") conn.dc.send(JSON.stringify(event));
+}
+
+// The camera's track goes on the video transceiver while it is on; off, nothing is sent
+// and the server stops using its last frame within 2 s.
+async function attachCamera(my) {
+  try {
+    const cam = await navigator.mediaDevices.getUserMedia({ video: { width: 640, height: 480 } });
+    if (conn !== my || !cameraOn) { cam.getTracks().forEach((t) => t.stop()); return; }
+    await my.video.sender.replaceTrack(cam.getVideoTracks()[0]);
+  } catch (err) {
+    cameraOn = false; setButtons();
+    showNotice(`No camera (${err.name || err}): questions are answered without it.`);
+  }
+}
+
+function toggleCamera() {
+  cameraOn = !cameraOn;
+  setButtons();
+  if (!conn || !conn.video) return;
+  if (cameraOn) { attachCamera(conn); return; }
+  const track = conn.video.sender.track;
+  conn.video.sender.replaceTrack(null);
+  if (track) track.stop();
 }
 
 function toggleMute() {
@@ -439,6 +472,7 @@ document.addEventListener("visibilitychange", () => {
 });
 $("start").onclick = () => (wanted ? stop() : start());
 $("mute").onclick = toggleMute;
+$("camera").onclick = toggleCamera;
 loop();
 setButtons();
 if (kiosk) document.body.classList.add("kiosk");
