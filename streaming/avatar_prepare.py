@@ -64,7 +64,8 @@ def detect(image: np.ndarray) -> Annotation:
 def find_lips(gray: np.ndarray, mouth: Box, face: Box) -> Lips:
     """Lip landmarks from the mouth box: typical proportions, with the parting line (the
     darkest row across the middle of the mouth, or the lower edge of visible teeth) and
-    the corners (the darkest points at either end of that line) read from the photo."""
+    the corners (the outermost dark points at either end of that line) read from the
+    photo."""
     lips = Lips.from_box(mouth, face)
     x0, x1 = int(mouth.cx - mouth.w * 0.2), int(mouth.cx + mouth.w * 0.2)
     y0, y1 = int(mouth.cy - mouth.h * 0.35), int(mouth.cy + mouth.h * 0.4)
@@ -78,15 +79,18 @@ def find_lips(gray: np.ndarray, mouth: Box, face: Box) -> Lips:
     cx = mouth.cx
     corners = []
     for side in (-1, 1):
-        xs = np.arange(int(cx + side * mouth.w * 0.3), int(cx + side * mouth.w * 0.55), side)
+        xs = np.arange(int(cx + side * mouth.w * 0.25), int(cx + side * mouth.w * 0.6), side)
         ys = np.arange(int(split_y - mouth.h * 0.3), int(split_y + mouth.h * 0.1))
         xs = xs[(xs >= 0) & (xs < gray.shape[1])]
         ys = ys[(ys >= 0) & (ys < gray.shape[0])]
         if xs.size == 0 or ys.size == 0:
             return lips
         patch = gray[np.ix_(ys, xs)].astype(np.float32)
-        iy, ix = np.unravel_index(int(np.argmin(patch)), patch.shape)
-        corners.append((float(xs[ix]), float(ys[iy])))
+        # the corner: the outermost column still clearly darker than the cheek
+        col_min = patch.min(axis=0)
+        dark = col_min < col_min.min() + 0.5 * (np.median(patch) - col_min.min())
+        ix = int(np.nonzero(dark)[0].max())
+        corners.append((float(xs[ix]), float(ys[int(np.argmin(patch[:, ix]))])))
     lip_h = lips.bottom[1] - lips.split[1]
     return Lips(corners[0], corners[1], (cx, min(lips.top[1], split_y - 2.0)),
                 (cx, float(split_y)), (cx, split_y + lip_h), lips.chin)

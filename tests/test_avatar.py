@@ -186,6 +186,11 @@ def test_prepare_a_photo(model_store, tmp_path, capsys):
     assert lips.left[0] < lips.split[0] < lips.right[0]
     assert lips.top[1] < lips.split[1] < lips.bottom[1] < lips.chin[1]
     assert min(e.cy for e in made.ann.eyes) < lips.top[1]
+    # and it talks like the default avatar: the opening inside the lips, border untouched
+    frame = made.frame(1.0, 1.0)
+    bad = mouth_defects(made, frame, 1.0)
+    assert bad["dark_outside"] == 0 and bad["dark_inside"] > 50, bad
+    assert border_diff(frame, made.portrait) == 0
     assert face.cy < made.ann.mouth.cy  # the mouth is below the face centre
     assert ModelStore(store).verify("avatar", "me").ok
 
