@@ -152,12 +152,16 @@ def speech():
     return [espeak_speech(s) for s in SENTENCES]
 
 
-def test_batched_decode_equals_alone_on_the_real_model(model_store, speech):
+@pytest.fixture(scope="module")
+def tiny(model_store):
     from faster_whisper import WhisperModel
 
-    model = WhisperModel(str(model_store.model_dir("stt", "whisper-tiny.en")), device="cpu",
-                         compute_type="int8", cpu_threads=2, local_files_only=True)
-    dec = BatchedWhisper(model, WhisperSettings(english_only=True))
+    return WhisperModel(str(model_store.model_dir("stt", "whisper-tiny.en")), device="cpu",
+                        compute_type="int8", cpu_threads=2, local_files_only=True)
+
+
+def test_batched_decode_equals_alone_on_the_real_model(tiny, speech):
+    dec = BatchedWhisper(tiny, WhisperSettings(english_only=True))
     # two copies of each length class: the batch has groups of several rows
     windows = speech + [s[: s.size * 2 // 3] for s in speech]
     langs = ["en"] * len(windows)
@@ -170,6 +174,19 @@ def test_batched_decode_equals_alone_on_the_real_model(model_store, speech):
                     for h in batched] == [[(w.word, w.start, w.end) for s in h.segments
                                            for w in s.words] for h in alone]
             assert all(s.words for h in batched for s in h.segments)
+
+
+def test_commit_times_the_words_of_the_agreed_segments_without_a_second_decode(tiny, speech):
+    dec = BatchedWhisper(tiny, WhisperSettings(english_only=True, stable_commit=SAMPLE_RATE))
+    gap = np.zeros(SAMPLE_RATE // 2, np.float32)
+    two = np.concatenate([speech[1], gap, speech[3]])  # two sentences: two segments
+    hyps = dec.partials([two, speech[0]], ["en", "en"])
+    assert len(hyps[0].segments) >= 2, [s.text for s in hyps[0].segments]
+    (done,) = dec.commit([hyps[0]], [1])
+    assert [s.text for s in done.segments] == [hyps[0].segments[0].text]
+    words = done.segments[0].words
+    assert "apples" in " ".join(w.word for w in words).lower()
+    assert all(w.start <= w.end <= hyps[0].segments[1].start + 0.3 for w in words)
 
 
 CHUNK = 1600  # 100 ms, as the media server sends

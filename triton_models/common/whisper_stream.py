@@ -66,6 +66,7 @@ class Seg:
 class Hypothesis:
     segments: list
     language: str | None
+    decoded: object = None  # the decoder's handle on this decode (BatchedWhisper.commit)
 
     @property
     def text(self) -> str:
@@ -384,11 +385,33 @@ class BatchedWhisper:
         return self._grouped(self._finals, windows, languages)
 
     def _partials(self, windows, languages) -> list[Hypothesis]:
-        _, langs, toks, rows = self._decode(windows, languages,
-                                            timestamps=bool(self.settings.stable_commit),
-                                            final=False)
+        encoded, langs, toks, rows = self._decode(
+            windows, languages, timestamps=bool(self.settings.stable_commit), final=False)
+        group = (encoded, windows, langs, toks, rows)
         return [Hypothesis([Seg(s["start"], s["end"], tok.decode(s["tokens"])) for s in segs],
-                           lang) for segs, tok, lang in zip(rows, toks, langs, strict=True)]
+                           lang, (group, i))
+                for i, (segs, tok, lang) in enumerate(zip(rows, toks, langs, strict=True))]
+
+    def commit(self, hyps: list[Hypothesis], counts: list[int]) -> list[Hypothesis]:
+        """The first ``counts[i]`` segments of partial hypotheses, with word timestamps
+        aligned on the encoder output of their own decode: committing a stable prefix
+        costs one alignment per group, not a second decode."""
+        out: list = [None] * len(hyps)
+        groups: dict[int, tuple] = {}
+        for j, (hyp, k) in enumerate(zip(hyps, counts, strict=True)):
+            group, row = hyp.decoded
+            groups.setdefault(id(group), (group, []))[1].append((j, row, k))
+        for (encoded, windows, langs, toks, rows), items in groups.values():
+            chosen: list[list[dict]] = [[] for _ in rows]
+            for _j, row, k in items:
+                chosen[row] = [dict(seg) for seg in rows[row][:k]]
+            words = self._words(encoded, windows, langs, toks, chosen)
+            for j, row, _k in items:
+                out[j] = Hypothesis([
+                    Seg(seg["start"], seg["end"], toks[row].decode(seg["tokens"]),
+                        [Word(w["word"], w["start"], w["end"], w["probability"]) for w in ws])
+                    for seg, ws in zip(chosen[row], words[row], strict=True)], langs[row])
+        return out
 
     def _finals(self, windows, languages) -> list[Hypothesis]:
         encoded, langs, toks, rows = self._decode(windows, languages, timestamps=True,
@@ -508,7 +531,17 @@ class StreamingTranscriber:
         self._run(cuts, self._cut, send, final=True)
         commits: list = []
         self._run(partials, lambda st, hyp: self._partial(st, hyp, commits), send, final=False)
-        self._run(commits, self._commit, lambda i, r: None, final=True)
+        if commits and hasattr(self.decoder, "commit"):
+            try:
+                done = self.decoder.commit([h for h, _ in commits],
+                                           [st.agreed for _, st in commits])
+            except Exception:  # the prefix stays open: a later partial commits it
+                done = []
+            for (_, state), hyp in zip(commits, done, strict=False):
+                self._commit(state, hyp)
+        else:  # a decoder without it decodes the committed audio again, with words
+            self._run([(None, st) for _, st in commits], self._commit, lambda i, r: None,
+                      final=True)
 
     def _run(self, jobs, finish, send, *, final: bool) -> None:
         """Decode the windows of ``jobs`` in batches; ``finish(state, hypothesis)`` makes
@@ -584,15 +617,15 @@ class StreamingTranscriber:
                 if 0 < cut < state.audio.size:
                     state.cut_at = cut
                     state.agreed = agreed
-                    commits.append((None, state))
+                    commits.append((hyp, state))
         if text != state.last_partial:
             state.last_partial = text
             return text, False, {"start": state.start_s}
         return "", False, {}
 
     def _commit(self, state: StreamState, hyp: Hypothesis) -> None:
-        """Finalize the agreed prefix (decoded once more, with word timestamps) and drop
-        its audio: later partials decode only the open tail."""
+        """Finalize the agreed prefix (with word timestamps) and drop its audio: later
+        partials decode only the open tail."""
         cut = state.cut_at
         segments = clean_segments(hyp.segments, cut / SAMPLE_RATE)
         text, details = describe(state.offset_s, segments, hyp.language, cut)
