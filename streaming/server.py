@@ -332,23 +332,15 @@ async def realtime_ws(request: web.Request) -> web.StreamResponse:
                               model=request.query.get("model") or "rtmedia-voice",
                               audio_lead_s=settings.ws_audio_lead_ms / 1000)
     saver = SessionSaver(store, session)
-    resume_id, resumed = request.query.get("resume"), None
-    if resume_id and RESUME_ID.fullmatch(resume_id):
-        state = await store.load_session(resume_id)
-        M.SESSIONS_RESUMED.labels(str(state is not None).lower()).inc()
-        if state is not None:
-            resumed = restore(session, state, resume_id)
+    resume_id = request.query.get("resume")
+    resumed = await _resume(store, session, resume_id)
     sessions.add(session)
     M.SESSIONS_ACTIVE.labels(kind).inc()
     M.SESSIONS_TOTAL.labels(kind).inc()
     loop = asyncio.get_running_loop()
     try:
         await session.start()
-        for item in resumed or ():  # the conversation so far, as the client last saw it
-            session.emit("conversation.item.added", **item)
-        if resume_id and resumed is None:
-            session.error("session_not_found", f"no session {resume_id[:80]!r} to resume "
-                          "(expired, or never saved); this is a new session", param="resume")
+        _announce_resume(session, resume_id, resumed)
         # Idle means no client message: pings and pongs (ours or the client's) are
         # answered inside ws.receive() and must not keep a silent session alive.
         last_message = loop.time()
@@ -488,9 +480,15 @@ async def realtime_call(request: web.Request) -> web.Response:
                                             f"{limit} sessions"}}, status=503)
     kind = "transcription" if request.query.get("intent") == "transcription" else "realtime"
 
+    savers: list[SessionSaver] = []
+
     def closed(s) -> None:
         sessions.discard(s)
         M.SESSIONS_ACTIVE.labels("webrtc").dec()
+        for saver in savers:  # the last state, for a later ?resume=
+            final = asyncio.create_task(saver.final())
+            _WATCHES.add(final)
+            final.add_done_callback(_WATCHES.discard)
         if slot is not None:
             release = asyncio.create_task(store.release_slot(slot))
             _WATCHES.add(release)
@@ -501,6 +499,17 @@ async def realtime_call(request: web.Request) -> web.Response:
                         limits=Limits(max_message_bytes=settings.max_message_bytes),
                         on_closed=closed, max_send_buffer_bytes=settings.max_send_buffer_bytes)
     rtc.media.video.audio_lead_s = settings.av_audio_lead_ms / 1000
+    saver = SessionSaver(store, rtc.session)
+    savers.append(saver)
+    send_on_channel = rtc.session._send
+
+    async def send_and_save(event: dict) -> None:  # saves after the events that change it
+        await send_on_channel(event)
+        saver.after(event["type"])
+
+    rtc.session._send = send_and_save
+    resume_id = request.query.get("resume")
+    resumed = await _resume(store, rtc.session, resume_id)
     sessions.add(rtc)
     M.SESSIONS_ACTIVE.labels("webrtc").inc()
     M.SESSIONS_TOTAL.labels("webrtc").inc()
@@ -510,6 +519,7 @@ async def realtime_call(request: web.Request) -> web.Response:
         await rtc.close()
         return web.json_response({"error": {"code": "invalid_offer", "message": str(exc)}},
                                  status=400)
+    _announce_resume(rtc.session, resume_id, resumed)
     watch = asyncio.create_task(_webrtc_idle_watch(rtc, settings.idle_timeout_s))
     _WATCHES.add(watch)
     watch.add_done_callback(_WATCHES.discard)
@@ -571,6 +581,28 @@ async def session_rate_refusal(request: web.Request) -> web.Response | None:
         "message": f"at most {settings.sessions_per_minute} new sessions a minute per "
                    f"credential; retry in {wait:.0f} s"}},
         status=429, headers={"Retry-After": str(max(1, round(wait)))})
+
+
+async def _resume(store: StateStore, session: RealtimeSession, resume_id: str | None
+                  ) -> list[dict] | None:
+    """``?resume=sess_…``: give the new session (before ``start()``) the saved state of
+    that id; the restored items, or None (nothing asked, or nothing saved)."""
+    if not resume_id or not RESUME_ID.fullmatch(resume_id):
+        return None
+    state = await store.load_session(resume_id)
+    M.SESSIONS_RESUMED.labels(str(state is not None).lower()).inc()
+    return None if state is None else restore(session, state, resume_id)
+
+
+def _announce_resume(session: RealtimeSession, resume_id: str | None,
+                     resumed: list[dict] | None) -> None:
+    """After session.created: the conversation so far, as the client last saw it, or
+    why there is none."""
+    for item in resumed or ():
+        session.emit("conversation.item.added", **item)
+    if resume_id and resumed is None:
+        session.error("session_not_found", f"no session {resume_id[:80]!r} to resume "
+                      "(expired, or never saved); this is a new session", param="resume")
 
 
 def draining_refusal() -> web.Response:

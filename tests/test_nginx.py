@@ -137,7 +137,8 @@ async def test_openai_sdk_voice_turn_over_wss(deploy_stack):
 
 async def test_webrtc_signalling_through_nginx(deploy_stack):
     """The SDP offer/answer goes through nginx; the call's media and data channel then
-    connect to the replica directly (as TURN or host candidates would in production)."""
+    connect to the replica directly (as TURN or host candidates would in production).
+    The call resumes a conversation a WebSocket session began (?resume=)."""
     from aiortc import RTCConfiguration, RTCPeerConnection, RTCSessionDescription
 
     from streaming.rtc_client import ArrayMicrophone
@@ -150,10 +151,17 @@ async def test_webrtc_signalling_through_nginx(deploy_stack):
     channel = pc.createDataChannel("oai-events")
     events: asyncio.Queue = asyncio.Queue()
     channel.on("message", lambda m: events.put_nowait(json.loads(m)))
+    ws, sid = await open_ws(deploy_stack)
+    await ws.send(json.dumps({"type": "conversation.item.create", "item": {
+        "type": "message", "role": "user",
+        "content": [{"type": "input_text", "text": "Remember the word teapot."}]}}))
+    await next_event(ws, "conversation.item.added")
+    await ws.close()
+    await asyncio.sleep(0.3)
     try:
         await pc.setLocalDescription(await pc.createOffer())
         async with aiohttp.ClientSession() as http, http.post(
-                deploy_stack.nginx.https + "/v1/realtime/calls",
+                deploy_stack.nginx.https + f"/v1/realtime/calls?resume={sid}",
                 data=pc.localDescription.sdp, ssl=deploy_stack.nginx.ssl_context(),
                 headers={"Content-Type": "application/sdp", **AUTH}) as resp:
             answer = await resp.text()
@@ -161,7 +169,10 @@ async def test_webrtc_signalling_through_nginx(deploy_stack):
             assert resp.headers["Strict-Transport-Security"]
         await pc.setRemoteDescription(RTCSessionDescription(answer, "answer"))
         first = await asyncio.wait_for(events.get(), 15)
-        assert first["type"] == "session.created"
+        assert first["type"] == "session.created" and first["session"]["id"] == sid
+        item = await asyncio.wait_for(events.get(), 5)
+        assert item["type"] == "conversation.item.added"
+        assert item["item"]["content"][0]["text"] == "Remember the word teapot."
     finally:
         await pc.close()
 
