@@ -228,13 +228,13 @@ class TritonServer:
             # by default tritonserver answers them with GOAWAY too_many_pings.
             *s.triton_keepalive().server_flags(),
             f"--metrics-address={s.triton_host}", f"--metrics-port={s.triton_metrics_port}",
-            "--allow-gpu-metrics=false",
             # Bound shutdown: open STT sequences would otherwise hold it for 30 s.
             f"--exit-timeout-secs={EXIT_TIMEOUT_S}",
             f"--log-verbose={s.triton_log_verbose}",
         ]
-        if s.placement == "cpu":
-            cmd += ["--pinned-memory-pool-byte-size=0", "--cuda-memory-pool-byte-size=0:0"]
+        if s.placement == "cpu":  # GPU metrics (nv_gpu_*: the GPU dashboards) only on GPUs
+            cmd += ["--allow-gpu-metrics=false", "--pinned-memory-pool-byte-size=0",
+                    "--cuda-memory-pool-byte-size=0:0"]
         return cmd
 
     def start(self, *, wait_s: float = 180.0) -> TritonServer:
