@@ -125,12 +125,11 @@ class StateStore:
         unreachable (then the caller uses memory)."""
         if self._redis is None or time.monotonic() < self._down_until:
             return False, None
-        from redis.exceptions import ConnectionError as RedisConnectionError
-        from redis.exceptions import TimeoutError as RedisTimeoutError
+        from redis.exceptions import RedisError
 
         try:
             result = await op()
-        except (RedisConnectionError, RedisTimeoutError, OSError) as exc:
+        except (RedisError, OSError) as exc:  # unreachable, timeout, auth, OOM, read-only
             M.REDIS_ERRORS.inc()
             M.REDIS_UP.set(0)
             self._down_until = time.monotonic() + self.retry_s
