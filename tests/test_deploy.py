@@ -310,6 +310,7 @@ def env_of(service: dict) -> dict[str, str]:
     return {k: str(v) for k, v in env.items()}
 
 
+@pytest.mark.triton  # the real tier: the schema's wheel is fetched from PyPI once
 def test_compose_files_match_the_schema_and_reference_what_exists():
     import jsonschema
 
