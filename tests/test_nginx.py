@@ -41,7 +41,7 @@ async def open_ws(stack, query: str = ""):
     return ws, created["session"]["id"]
 
 
-async def next_event(ws, type_: str, timeout: float = 30) -> dict:
+async def next_event(ws, type_: str, timeout: float = 60) -> dict:
     deadline = time.monotonic() + timeout
     while True:
         event = json.loads(await asyncio.wait_for(ws.recv(), deadline - time.monotonic()))
