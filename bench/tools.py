@@ -168,7 +168,7 @@ async def round_trip(http: str, question: str, rate: int = 24000) -> dict | None
     try:
         await client.wait_for("session.created")
         await client.update({"type": "realtime", "instructions": SYSTEM, "tools": TOOLS,
-                             "audio": {"input": {
+                             "temperature": 0.0, "audio": {"input": {
                                  "format": {"type": "audio/pcm", "rate": rate},
                                  "turn_detection": {"type": "server_vad",
                                                     "silence_duration_ms": 400}}}})

@@ -49,6 +49,12 @@ def test_bare_json_calls_as_qwen_writes_them_once_its_tags_are_detokenized_away(
     assert json.loads(calls[0]["arguments"]) == {"city": "Oslo"}
 
 
+def test_a_parser_that_drops_calls_still_keeps_them_out_of_speech():
+    p = ToolCallParser(keep_calls=False)
+    streamed = p.push('It is sunny. {"name": "get_weather", "arguments": {}}')
+    assert (streamed, p.finish()) == ("It is sunny. ", ("", []))
+
+
 def test_a_call_in_doubled_braces_is_read():
     _, _, calls = split('{{"name": "get_time", "arguments": {"city": "Pune"}}}')
     assert calls == [{"name": "get_time", "arguments": '{"city": "Pune"}'}]

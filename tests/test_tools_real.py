@@ -113,7 +113,7 @@ async def test_weather_tool_round_trip_with_the_openai_sdk(qwen_server, triton):
     async with oa.realtime.connect(model="rtmedia-voice") as conn:
         await conn.session.update(session={
             "type": "realtime", "instructions": SYSTEM, "tools": [WEATHER],
-            "tool_choice": "auto", "audio": {"input": {
+            "tool_choice": "auto", "temperature": 0.0, "audio": {"input": {
                 "format": {"type": "audio/pcm", "rate": 24000},
                 "turn_detection": {"type": "server_vad", "silence_duration_ms": 400}}}})
         sent = False

@@ -160,7 +160,8 @@ class ToolCallParser:
     cannot be read.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, keep_calls: bool = True) -> None:
+        self.keep_calls = keep_calls  # False: calls are cut out of the speech and dropped
         self.buffer = ""
         self.said = False  # some text went out
         self.blocks: list[str] = []
@@ -216,7 +217,8 @@ class ToolCallParser:
                 self.blocks += bare
                 text = ""
         calls = [_read_call(b) for b in self.blocks]
-        return (self._say(text) if self.said or not calls else ""), calls
+        text = self._say(text) if self.said or not calls else ""
+        return text, calls if self.keep_calls else []
 
 
 def _partial_mark(text: str) -> int:

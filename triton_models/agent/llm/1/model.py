@@ -41,8 +41,8 @@ from llm_text import (
 )
 
 FINAL = pb_utils.TRITONSERVER_RESPONSE_COMPLETE_FINAL
-# Text that does not open with a call (bare JSON, a code fence or a tag).
-ANSWER_GRAMMAR = r"root ::= [^{`<\[ \t\n] [^\x00]*"
+# A reply that begins with a word, not a call (bare JSON, a code fence or a tag).
+ANSWER_GRAMMAR = r"root ::= [A-Za-z0-9] [^\x00]*"
 
 
 def _param(cfg: dict, key: str, default: str) -> str:
@@ -193,8 +193,12 @@ class TritonPythonModel:
         # tokens allowed past MAX_TOKENS for the calls themselves (not spoken text)
         self.tool_tokens = int(_param(cfg, "tool_call_tokens", "256"))
         # Small models given a call's result tend to call the same function again
-        # instead of answering: with chain_calls off, a reply to a result must begin
-        # with words (a grammar), and the token that opens a call (Qwen2.5) is banned.
+        # instead of answering. With chain_calls off, a reply to a result is made
+        # without the tools in the prompt, must begin with a word (a grammar), may not
+        # open a call (Qwen2.5's token banned), and any call it writes is dropped.
+        # Measured on Qwen2.5-Coder-0.5B (weather in Rome/Oslo, result given): with the
+        # tools in the prompt it called again; without, at temperature 0 it answered
+        # "The weather in Rome is cloudy with a temperature of 14 degrees Celsius."
         opener = self.llm.tokenize(b"<tool_call>", add_bos=False, special=True)
         self.call_token = opener[0] if len(opener) == 1 else None
         self.chain_calls = _param(cfg, "chain_calls", "false") == "true"
@@ -272,18 +276,21 @@ class TritonPythonModel:
             budget = SentenceBudget(max_tokens, self.sentence_margin, self.sentence_grace)
             opts["max_tokens"] = budget.limit
         parser = None
+        # a reply to a function's result, in answer mode (see chain_calls)
+        answer = bool(tools) and choice == "auto" and not self.chain_calls and \
+            messages[-1]["role"] == "tool"
         if tools or any(m["role"] == "tool" or m.get("tool_calls") for m in messages):
-            messages, native = tool_messages(messages, tools, self.native_tools)
+            messages, native = tool_messages(messages, [] if answer else tools,
+                                             self.native_tools)
             if native:
                 opts["tools"] = native
         if tools:
-            parser = ToolCallParser()
+            parser = ToolCallParser(keep_calls=not answer)
             opts["max_tokens"] += self.tool_tokens
             schema = forced_call_schema(tools, choice)
             if schema is not None:
                 opts["grammar"] = _call_grammar(schema)
-            elif not self.chain_calls and (messages[-1]["role"] == "tool" or
-                                           "<tool_response>" in messages[-1]["content"]):
+            elif answer:
                 from llama_cpp.llama_grammar import LlamaGrammar
 
                 opts["grammar"] = LlamaGrammar.from_string(ANSWER_GRAMMAR, verbose=False)
