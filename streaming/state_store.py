@@ -13,6 +13,7 @@ again every ``retry_s``.
 from __future__ import annotations
 
 import hashlib
+import json
 import logging
 import secrets
 import time
@@ -58,26 +59,37 @@ def _secret_key(value: str) -> str:
 class MemoryState:
     """This process's share: the embedded default, and Redis' stand-in while it is down."""
 
-    def __init__(self, max_sessions_kept: int = 10_000, clock: Callable[[], float] = time.time):
+    def __init__(self, max_sessions_kept: int = 10_000, max_bytes: int = 256 << 20,
+                 clock: Callable[[], float] = time.time):
         self.clock = clock
         self.max_sessions_kept = max_sessions_kept
-        self._sessions: OrderedDict[str, tuple[float, dict]] = OrderedDict()
+        self.max_bytes = max_bytes  # histories may hold images: bound the bytes, too
+        self._sessions: OrderedDict[str, tuple[float, str]] = OrderedDict()
+        self._bytes = 0
         self.slots: set[str] = set()
         self._counters: dict[str, tuple[int, float]] = {}
         self.secrets = MemorySecretStore(clock=clock)
 
     def save_session(self, session_id: str, state: dict, ttl_s: float) -> None:
-        self._sessions.pop(session_id, None)
-        self._sessions[session_id] = (self.clock() + ttl_s, state)
-        while len(self._sessions) > self.max_sessions_kept:
-            self._sessions.popitem(last=False)
+        self._drop(session_id)
+        data = json.dumps(state, separators=(",", ":"))
+        self._sessions[session_id] = (self.clock() + ttl_s, data)
+        self._bytes += len(data)
+        while self._sessions and (len(self._sessions) > self.max_sessions_kept
+                                  or self._bytes > self.max_bytes):
+            self._drop(next(iter(self._sessions)))  # the least recently saved
+
+    def _drop(self, session_id: str) -> None:
+        entry = self._sessions.pop(session_id, None)
+        if entry is not None:
+            self._bytes -= len(entry[1])
 
     def load_session(self, session_id: str) -> dict | None:
         entry = self._sessions.get(session_id)
         if entry is None or entry[0] <= self.clock():
-            self._sessions.pop(session_id, None)
+            self._drop(session_id)
             return None
-        return entry[1]
+        return json.loads(entry[1])
 
     def count(self, key: str, expires_at: float) -> int:
         """One more in the counter ``key`` (kept until ``expires_at``)."""
@@ -151,8 +163,6 @@ class StateStore:
 
     # -- sessions -----------------------------------------------------------------------
     async def save_session(self, session_id: str, state: dict) -> None:
-        import json
-
         data = json.dumps(state, separators=(",", ":"))
         ok, _ = await self._try(lambda: self._redis.set(
             PREFIX + "session:" + session_id, data, ex=max(1, int(self.session_ttl_s))),
@@ -161,8 +171,6 @@ class StateStore:
             self.memory.save_session(session_id, state, self.session_ttl_s)
 
     async def load_session(self, session_id: str) -> dict | None:
-        import json
-
         ok, data = await self._try(lambda: self._redis.get(PREFIX + "session:" + session_id),
                                    "session state")
         if ok and data:

@@ -54,6 +54,21 @@ async def test_store_shares_sessions_slots_and_secrets(redis_server):
     assert redis.Redis(port=redis_server.port).zcard(SLOTS_KEY) == 0  # close releases
 
 
+def test_memory_keeps_sessions_within_its_bounds():
+    from streaming.state_store import MemoryState
+
+    now = [0.0]
+    memory = MemoryState(max_sessions_kept=3, max_bytes=2_000, clock=lambda: now[0])
+    for i in range(4):
+        memory.save_session(f"s{i}", {"items": ["x" * 100]}, ttl_s=10)
+    assert memory.load_session("s0") is None  # the oldest out past 3
+    assert memory.load_session("s3") == {"items": ["x" * 100]}
+    memory.save_session("big", {"items": ["y" * 1_500]}, ttl_s=10)  # past 2,000 bytes
+    assert memory.load_session("s1") is None and memory.load_session("big")
+    now[0] = 11
+    assert memory.load_session("big") is None  # expired
+
+
 async def test_store_falls_back_to_memory_while_redis_is_down(tmp_path, caplog):
     server = Redis(tmp_path / "redis")
     server.start()
