@@ -140,6 +140,20 @@ def test_speaking_frames_open_only_the_mouth(avatar):
                   luma(avatar.portrait[rows, col])).mean() > 8
 
 
+def test_the_frame_checks_catch_a_pasted_mouth_and_a_moved_border(avatar):
+    """Negative control for the checks above (and the browser test): a dark oval pasted
+    over the mouth, as the old sprite renderer did, and a frame rolled by a pixel."""
+    frame = avatar.portrait.copy()
+    yy, xx = np.mgrid[0:avatar.h, 0:avatar.w]
+    cy = avatar.lips.split[1] + avatar.half_w * 0.1
+    oval = ((xx - avatar.mid_x) / (avatar.half_w * 1.1)) ** 2 + \
+        ((yy - cy) / (avatar.half_w * 0.45)) ** 2 < 1
+    frame[oval] = (70, 22, 28)
+    assert mouth_defects(avatar, frame, 1.0, 2)["dark_outside"] > 20
+    rolled = np.roll(avatar.portrait, (1, 1), axis=(0, 1))
+    assert border_diff(rolled, avatar.portrait) > 3
+
+
 def test_blinks_close_the_eyelids(avatar):
     """A blink covers the eye with the lid's own skin (textured, not a flat patch) and
     changes nothing but the eyes."""
