@@ -11,6 +11,9 @@ four people tonight."), half are whole sentences. Per turn-detection mode:
     over the whole sentences
   - the end-of-turn model itself (smart_turn in Triton, local stack only): its
     verdict at the pause of each paused utterance and at the end of every utterance.
+  - Hindi (local stack only, --no-hindi skips it): espeak-ng Hindi sentences through
+    the multilingual Whisper (character error rate, share of Devanagari letters) and
+    the LLM told to answer in Hindi (share of Devanagari letters in its answer).
 Without --url it starts a local Triton and the media server and stops them afterwards.
 """
 
@@ -21,6 +24,7 @@ import asyncio
 import json
 import sys
 import time
+import unicodedata
 
 import numpy as np
 
@@ -46,6 +50,9 @@ WHOLE = [
     "Can you recommend a good book?", "I would like to book a table for four people.",
     "Please turn off the lights in the kitchen.", "Thank you, that is all for today.",
 ]
+HINDI = ["नमस्ते, आज मौसम कैसा है?", "भारत की राजधानी क्या है?",
+         "मुझे चार लोगों के लिए एक मेज़ बुक करनी है।", "कृपया रसोई की बत्ती बंद कर दो।",
+         "कल सुबह मुझे छह बजे जगा देना।"]
 DEFAULT_MODES = ["server_vad:400", "server_vad:800", "semantic_vad:high",
                  "semantic_vad:auto", "semantic_vad:low"]
 
@@ -147,6 +154,64 @@ async def model_verdicts(grpc_url: str, pause_s: float) -> dict:
     }
 
 
+def letters(text: str) -> str:
+    return "".join(c for c in text if c.isalpha() or unicodedata.category(c).startswith("M"))
+
+
+def devanagari_share(text: str) -> float:
+    chars = letters(text)
+    return sum(0x0900 <= ord(c) < 0x0980 for c in chars) / len(chars) if chars else 0.0
+
+
+def char_error_rate(reference: str, hypothesis: str) -> float:
+    ref, hyp = letters(reference), letters(hypothesis)
+    prev = list(range(len(hyp) + 1))
+    for i, r in enumerate(ref, 1):
+        cur = [i] + [0] * len(hyp)
+        for j, h in enumerate(hyp, 1):
+            cur[j] = min(prev[j] + 1, cur[j - 1] + 1, prev[j - 1] + (r != h))
+        prev = cur
+    return prev[-1] / max(1, len(ref))
+
+
+async def hindi_quality(grpc_url: str, stt_model: str, llm_model: str) -> dict:
+    """Hindi through the small models: what Whisper base hears, what the LLM answers."""
+    from pipelines.agent import DEFAULT_INSTRUCTIONS
+    from pipelines.languages import answer_in
+    from pipelines.services import STTStream, chat
+    from pipelines.triton_client import TritonClient
+
+    client = TritonClient(grpc_url)
+    rows = []
+    try:
+        for sentence in HINDI:
+            audio = espeak_speech(sentence, voice="hi")
+            stt = STTStream(client, model=stt_model, language="hi")
+            try:
+                t = time.monotonic()
+                finals = [x for x in await stt.push(audio, end=True) if x.final]
+                stt_ms = (time.monotonic() - t) * 1000
+            finally:
+                await stt.close()
+            heard = finals[0].text if finals else ""
+            messages = [{"role": "system", "content": answer_in(DEFAULT_INSTRUCTIONS, "hi")},
+                        {"role": "user", "content": heard or sentence}]
+            reply = "".join([tok.text async for tok in chat(
+                client, messages, model=llm_model, max_tokens=40, temperature=0.0)])
+            rows.append({"said": sentence, "heard": heard, "reply": reply.strip(),
+                         "cer": round(char_error_rate(sentence, heard), 2),
+                         "heard_devanagari": round(devanagari_share(heard), 2),
+                         "reply_devanagari": round(devanagari_share(reply), 2),
+                         "stt_ms": round(stt_ms)})
+    finally:
+        await client.close()
+    n = len(rows)
+    return {"sentences": rows,
+            "mean_cer": round(sum(r["cer"] for r in rows) / n, 2),
+            "heard_devanagari": round(sum(r["heard_devanagari"] for r in rows) / n, 2),
+            "reply_devanagari": round(sum(r["reply_devanagari"] for r in rows) / n, 2)}
+
+
 async def run(url: str, args, grpc_url: str | None) -> dict:
     pause_s = args.pause_ms / 1000
     paused = [utterance(p, pause_s) for p in PAUSED]
@@ -155,18 +220,31 @@ async def run(url: str, args, grpc_url: str | None) -> dict:
     if grpc_url:
         results["model"] = await model_verdicts(grpc_url, pause_s)
         print(f"  smart_turn: {results['model']}", file=sys.stderr)
-    for mode in args.modes:
-        premature, latencies = 0, []
-        for _ in range(args.rounds):
-            for audio in paused:
-                premature += (await one_turn(url, mode, audio))["premature"] > 0
-            for audio in whole:
+    if grpc_url and not args.no_hindi:
+        from streaming.settings import Settings
+
+        s = Settings.from_env()
+        results["hindi"] = await hindi_quality(grpc_url, s.stt_multilingual_model, s.llm_model)
+        print(f"  hindi: {results['hindi']}", file=sys.stderr)
+    # modes take turns on each utterance, so a busy spell of the machine hits them alike
+    premature = dict.fromkeys(args.modes, 0)
+    cut: dict[str, list[str]] = {m: [] for m in args.modes}  # which were cut
+    latencies: dict[str, list[float]] = {m: [] for m in args.modes}
+    for _ in range(args.rounds):
+        for parts, audio in zip(PAUSED, paused, strict=True):
+            for mode in args.modes:
+                if (await one_turn(url, mode, audio))["premature"]:
+                    premature[mode] += 1
+                    cut[mode].append(parts[0])
+        for audio in whole:
+            for mode in args.modes:
                 r = await one_turn(url, mode, audio)
-                premature_whole = r["premature"]
-                if r["latency"] is not None and not premature_whole:
-                    latencies.append(r["latency"])
-        row = {"premature_turn_ends": f"{premature}/{len(paused) * args.rounds}",
-               "speech_end_to_first_audio": summary(latencies)}
+                if r["latency"] is not None and not r["premature"]:
+                    latencies[mode].append(r["latency"])
+    for mode in args.modes:
+        row = {"premature_turn_ends": f"{premature[mode]}/{len(paused) * args.rounds}",
+               "cut_at_the_pause": cut[mode],
+               "speech_end_to_first_audio": summary(latencies[mode])}
         results["modes"][mode] = row
         print(f"  {mode}: {row}", file=sys.stderr)
     return results
@@ -180,6 +258,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--pause-ms", type=int, default=600, help="mid-sentence pause")
     ap.add_argument("--rounds", type=int, default=1)
     ap.add_argument("--url", help="ws://HOST:PORT/v1/realtime of a running media server")
+    ap.add_argument("--no-hindi", action="store_true", help="skip the Hindi figures")
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args(argv)
     if args.url:
@@ -189,7 +268,8 @@ def main(argv: list[str] | None = None) -> int:
 
         s = Settings.from_env()
         urls: dict[str, str] = {}
-        with local_stack(extra_models=(s.turn_model,), urls=urls) as http:
+        extra = (s.turn_model,) + (() if args.no_hindi else (s.stt_multilingual_model,))
+        with local_stack(extra_models=extra, urls=urls) as http:
             ws = http.replace("http://", "ws://") + "/v1/realtime"
             results = asyncio.run(run(ws, args, urls["triton"]))
     if args.json:
@@ -201,6 +281,12 @@ def main(argv: list[str] | None = None) -> int:
                   f"{m['pauses_judged_incomplete']}, utterance ends judged complete "
                   f"{m['ends_judged_complete']}, "
                   f"{m['call_ms']} ms a call")
+        h = results.get("hindi")
+        if h:
+            print(f"Hindi: Whisper base CER {h['mean_cer']}, Devanagari share heard "
+                  f"{h['heard_devanagari']}, in the LLM's answers {h['reply_devanagari']}")
+            for r in h["sentences"]:
+                print(f"  {r['said']} -> {r['heard']} | {r['reply'][:60]}")
         print(f"{'mode':<22}{'premature ends':>16}{'first audio median':>20}{'p95':>8}")
         for mode, row in results["modes"].items():
             lat = row["speech_end_to_first_audio"]
