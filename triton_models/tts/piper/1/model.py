@@ -77,9 +77,10 @@ class TritonPythonModel:
         threads = int(_param(cfg, "intra_op_threads", "1"))
         self.voices: dict[str, object] = {}
         self.languages: dict[str, str] = {}  # language code -> voice name
-        # Every piper voice in the store (tts/piper-*) is available by name.
+        # Every piper voice in the store; a catalog download keeps the hub's folders
+        # (tts/piper-hi-pratham/hi/hi_IN/pratham/medium/*.onnx), hence rglob.
         for folder in sorted({main, *store.glob("tts/piper-*")}):
-            for onnx_path in folder.glob("*.onnx"):
+            for onnx_path in sorted(folder.rglob("*.onnx")):
                 name = folder.name.removeprefix("piper-")
                 voice = load_voice(onnx_path, gpu, threads)
                 self.voices[name] = voice
