@@ -24,8 +24,9 @@ CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 
 
 class Browser:
-    def __init__(self, mic_wav: Path | None = None):
+    def __init__(self, mic_wav: Path | None = None, autoplay: bool = True):
         self.mic_wav = mic_wav
+        self.autoplay = autoplay  # False: sound waits for a user gesture, as by default
         self.proc: subprocess.Popen | None = None
         self.profile = tempfile.mkdtemp(prefix="rtmedia-chromium-")
         self.ws = None
@@ -40,7 +41,8 @@ class Browser:
                 "--disable-component-update", "--disable-sync",
                 f"--user-data-dir={self.profile}", "--use-fake-ui-for-media-stream",
                 "--use-fake-device-for-media-stream",
-                "--autoplay-policy=no-user-gesture-required",
+                "--autoplay-policy=" + ("no-user-gesture-required" if self.autoplay
+                                        else "document-user-activation-required"),
                 "--allow-loopback-in-peer-connection", f"--remote-debugging-port={port}",
                 "--window-size=1100,800", "about:blank"]
         if self.mic_wav:

@@ -31,7 +31,7 @@ let conn = null;          // {id, pc, dc, mic, voiceSource, watchdog, meter}
 let wanted = false, retryTimer = null, retryDelay = 0, retryAt = 0;
 let audioCtx = null, voiceAnalyser = null, micLevel = 0;
 let assistantEl = null, stopAt = null, speaking = false, responseOpen = false;
-let phaseTimer = null, lastFrameAt = 0, speakingEnded = 0;
+let phaseTimer = null, lastFrameAt = 0, speakingEnded = 0, wordsFrom = 0;
 
 // -- visible state -----------------------------------------------------------------------
 function setState(s) { state.connection = s; $("state").textContent = s; }
@@ -309,12 +309,16 @@ function onTrack(e) {
     watchVideo();
   } else {
     $("voice").srcObject = new MediaStream([e.track]);
+    $("voice").play().catch(() => showNotice(
+      "Click or tap the page to hear the avatar: the browser holds sound back until then."));
     const ctx = context();
     conn.voiceSource = ctx.createMediaStreamSource(new MediaStream([e.track]));
     voiceAnalyser = ctx.createAnalyser(); voiceAnalyser.fftSize = 512;
     conn.voiceSource.connect(voiceAnalyser);
   }
 }
+
+function audioRunning() { return !!audioCtx && audioCtx.state === "running"; }
 
 function rms(analyser, buf) {
   analyser.getFloatTimeDomainData(buf);
@@ -445,6 +449,9 @@ function onEvent(ev) {
       assistantEl.querySelector("span").textContent += ev.delta;
       state.conversation[state.conversation.length - 1].text += ev.delta;
       setCaption(assistantEl.querySelector("span").textContent, "avatar");
+      if (!audioRunning() && state.phase === "thinking") {  // no level to go by: the words
+        setPhase("speaking"); wordsFrom = performance.now();
+      }
       break;
     case "response.done":
       responseOpen = false;
@@ -452,6 +459,13 @@ function onEvent(ev) {
         setPhase("interrupted");
       } else if (!speaking && state.phase === "thinking" && !(ev.response && ev.response.audio_s)) {
         setPhase("listening");
+      } else if (!audioRunning() && state.phase === "speaking") {
+        // sound held back by the browser: speaking for as long as the reply's audio lasts
+        const left = ((ev.response && ev.response.audio_s) || 0) * 1000 -
+          (performance.now() - wordsFrom);
+        setTimeout(() => {
+          if (state.phase === "speaking" && !audioRunning()) setPhase("listening");
+        }, Math.max(0, left));
       }
       break;
     case "output_audio_buffer.cleared":
@@ -469,6 +483,12 @@ document.addEventListener("visibilitychange", () => {
   const delay = 500 + Math.random() * 1000;
   retryAt = performance.now() + delay;
   retryTimer = setTimeout(() => { retryTimer = null; if (wanted) start(); }, delay);
+});
+// autoplay rules: the first click or tap lets sound (and its level meter) start
+document.addEventListener("pointerdown", () => {
+  if (audioCtx && audioCtx.state === "suspended") audioCtx.resume();
+  const voice = $("voice");
+  if (voice.srcObject && voice.paused) voice.play().then(() => showNotice("")).catch(() => {});
 });
 $("start").onclick = () => (wanted ? stop() : start());
 $("mute").onclick = toggleMute;
