@@ -200,19 +200,22 @@ def cmd_up(args: argparse.Namespace) -> int:
         if not all(store.is_installed(m.use_case, m.name) for m in DEFAULT_MODELS):
             print(f"filling the model store {store.root} with the default models ...")
             install_defaults(store)
-        server = TritonServer(settings, models=[settings.stt_model, settings.tts_model,
-                                                settings.llm_model, settings.avatar_model,
-                                                settings.stt_multilingual_model,
-                                                settings.turn_model])
+        from streaming.heavy_triton import start_heavy, vision_checkpoints
+
+        # vision models in the store: the heavy use cases (agent LLM, multimodal, video)
+        # get a second tritonserver with its own CPU threads; else the LLM stays here
+        split = bool(vision_checkpoints(settings.models_dir))
+        server = TritonServer(settings, models=[
+            settings.stt_model, settings.tts_model, settings.avatar_model,
+            settings.stt_multilingual_model, settings.turn_model,
+            *([] if split else [settings.llm_model])])
         print(f"starting tritonserver (store {settings.models_dir}) ...")
         server.start(wait_s=args.wait)
         for name, reason in server.failed.items():
             print(f"  FAILED to load {name}: {reason.splitlines()[0] if reason else '?'}")
         print(f"Triton ready: gRPC {server.grpc_url}")
-        # vision models in the store: a second tritonserver for them (own CPU threads)
-        from streaming.heavy_triton import start_heavy
-
-        heavy, settings = start_heavy(settings, wait_s=args.wait, log=print)
+        heavy, settings = start_heavy(settings, wait_s=args.wait, log=print,
+                                      preload=[settings.llm_model])
     stopping = threading.Event()
     for supervised in (server, heavy):  # a tritonserver that dies is restarted
         if supervised:

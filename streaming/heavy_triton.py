@@ -3,9 +3,10 @@
 Realtime models (stt, tts, avatar) and heavy ones must not share a server's CPU
 threads or GPU: a vision request would hold cores that captions need. With no
 GPU (the CPU default) `rtmedia up` therefore starts a second tritonserver process
-for the heavy use cases when the store holds a vision-language checkpoint. It
-starts with no model loaded; the media server's loader (streaming/model_loader.py)
-loads each on first use and unloads it when idle. Its ports are the realtime
+for the heavy use cases (agent LLM, multimodal, video) when the store holds a
+vision-language checkpoint. The agent LLM is loaded at start (every voice turn
+needs it); the vision models are loaded by the media server's loader
+(streaming/model_loader.py) on first use and unloaded when idle. Its ports are the realtime
 server's plus HEAVY_PORT_OFFSET; its rendered repository lives in its own folder.
 """
 
@@ -35,19 +36,22 @@ def heavy_settings(settings: Settings) -> Settings:
         state_dir=Path(settings.state_dir) / "heavy")
 
 
-def start_heavy(settings: Settings, *, wait_s: float = 120.0, log=print
-                ) -> tuple[TritonServer | None, Settings]:
-    """Start the heavy tritonserver when vision checkpoints are in the store; return it
-    (or None) and the settings that route the heavy use cases to it."""
+def start_heavy(settings: Settings, *, wait_s: float = 120.0, log=print,
+                preload: list[str] | None = None) -> tuple[TritonServer | None, Settings]:
+    """Start the heavy tritonserver when vision checkpoints are in the store, with the
+    ``preload`` models (the agent LLM) loaded; return it (or None) and the settings that
+    route the heavy use cases to it (the agent too when its model is preloaded)."""
     found = vision_checkpoints(settings.models_dir)
     if not found or settings.triton_url:
         return None, settings
-    heavy = TritonServer(heavy_settings(settings), models=[],
+    heavy = TritonServer(heavy_settings(settings), models=list(preload or []),
                          log_path=Path(settings.state_dir) / "tritonserver-heavy.log")
-    log(f"starting the heavy tritonserver for {', '.join(found)} (models load on first "
-        "use) ...")
+    log(f"starting the heavy tritonserver for {', '.join(found)} (vision models load on "
+        "first use) ...")
     heavy.start(wait_s=wait_s)
-    urls = {**{uc: heavy.grpc_url for uc in HEAVY_USE_CASES},
-            **settings.triton_urls}
+    for name, reason in heavy.failed.items():
+        log(f"  FAILED to load {name}: {reason.splitlines()[0] if reason else '?'}")
+    use_cases = [*HEAVY_USE_CASES, *(["agent"] if settings.llm_model in heavy.loaded else [])]
+    urls = {**{uc: heavy.grpc_url for uc in use_cases}, **settings.triton_urls}
     log(f"heavy Triton ready: gRPC {heavy.grpc_url}")
     return heavy, settings.replace(triton_urls=urls)

@@ -174,7 +174,11 @@ async def test_cli_load_unload_status(server, heavy_triton):
 
 
 def test_rtmedia_up_starts_a_heavy_tritonserver_only_with_vision_models(
-        heavy_store, triton_settings, tmp_path):
+        heavy_store, model_store, triton_settings, tmp_path):
+    """With a vision checkpoint in the store the heavy use cases (agent LLM preloaded,
+    multimodal and video on demand) get their own tritonserver; without one, none."""
+    import shutil
+
     from streaming.heavy_triton import HEAVY_PORT_OFFSET, start_heavy, vision_checkpoints
     from streaming.model_store import ModelStore
     from streaming.triton_server import repository_index
@@ -183,22 +187,29 @@ def test_rtmedia_up_starts_a_heavy_tritonserver_only_with_vision_models(
     empty.setup()
     none, same = start_heavy(triton_settings.replace(models_dir=empty.root))
     assert none is None and same.triton_urls == triton_settings.triton_urls
-    assert vision_checkpoints(heavy_store.root) == ["multimodal/tiny-vlm", "video/tiny-vlm"]
+    # a store with the default LLM and a vision checkpoint
+    store = ModelStore(tmp_path / "store")
+    store.setup()
+    shutil.copytree(heavy_store.root / "multimodal" / "tiny-vlm",
+                    store.root / "multimodal" / "tiny-vlm")
+    for folder in (model_store.root / "agent").iterdir():
+        (store.root / "agent" / folder.name).symlink_to(folder)
+    assert vision_checkpoints(store.root) == ["multimodal/tiny-vlm"]
     # the heavy server's ports are the realtime ones + the offset
     base = triton_settings.replace(
-        models_dir=heavy_store.root, state_dir=tmp_path / "state",
+        models_dir=store.root, state_dir=tmp_path / "state",
         triton_http_port=free_port() - HEAVY_PORT_OFFSET,
-                        triton_grpc_port=free_port() - HEAVY_PORT_OFFSET,
-                        triton_metrics_port=free_port() - HEAVY_PORT_OFFSET)
-    heavy, routed = start_heavy(base, log=lambda _m: None)
+        triton_grpc_port=free_port() - HEAVY_PORT_OFFSET,
+        triton_metrics_port=free_port() - HEAVY_PORT_OFFSET)
+    heavy, routed = start_heavy(base, log=lambda _m: None, preload=["llm"])
     try:
         assert heavy is not None
-        assert routed.triton_urls["multimodal"] == heavy.grpc_url
-        assert routed.triton_urls["video"] == heavy.grpc_url
+        for use_case in ("agent", "multimodal", "video"):
+            assert routed.triton_urls[use_case] == heavy.grpc_url
         assert "stt" not in routed.triton_urls  # realtime models stay on the first server
         states = repository_index(heavy.http_url)
-        assert states is not None and "vlm" in states
-        assert not any(state == "READY" for state, _ in states.values())  # on demand
+        assert states is not None and states["llm"][0] == "READY"
+        assert states["vlm"][0] != "READY"  # on demand
     finally:
         if heavy:
             heavy.stop()
