@@ -222,10 +222,10 @@ async def tokens(app: web.Application, req: ChatRequest,
     router: ModelRouter = app[ROUTER_KEY]
     settings: Settings = app[SETTINGS_KEY]
     opts = {"max_tokens": req.max_tokens, "temperature": req.temperature, "seed": req.seed}
-    if req.use_case == "agent":
-        route = router.route("agent")
-        async with contextlib.aclosing(chat(route.client, req.messages, model=route.model,
-                                            **opts)) as gen:
+    loader: ModelLoader = app[LOADER]
+    if req.use_case == "agent":  # capped like the heavy models (voice turns share it)
+        async with loader.use("agent") as route, contextlib.aclosing(
+                chat(route.client, req.messages, model=route.model, **opts)) as gen:
             async for tok in gen:
                 yield tok
         return
@@ -247,7 +247,6 @@ async def tokens(app: web.Application, req: ChatRequest,
         else:
             images = video["frames"]
             extra = {"timestamps": video["timestamps"], "transcript": video["transcript"]}
-    loader: ModelLoader = app[LOADER]
     async with loader.use(req.use_case, on_loading) as route:
         async with contextlib.aclosing(vision_chat(
                 route.client, req.messages, images, model=route.model, top_p=req.top_p,

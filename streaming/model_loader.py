@@ -122,14 +122,23 @@ class ModelLoader:
         self.models = {uc: HeavyModel(uc, router.models[uc], (sizes or {}).get(uc, 0))
                        for uc in HEAVY_USE_CASES}
         self._reaper: asyncio.Task | None = None
+        # use cases capped like the heavy models but always loaded (the agent LLM)
+        self.fixed: dict[str, HeavyModel] = {}
 
     # -- use ---------------------------------------------------------------------------
     @contextlib.asynccontextmanager
     async def use(self, use_case: str,
                   on_loading: Callable[[], Awaitable[None]] | None = None
                   ) -> AsyncIterator[Route]:
-        """The route to a loaded heavy model, holding one of its slots meanwhile."""
-        model = self.models[use_case]
+        """The route to a loaded heavy model, holding one of its slots meanwhile. Another
+        use case (the agent LLM, loaded at start) gets the same cap, without loading."""
+        model = self.models.get(use_case)
+        managed = model is not None
+        if model is None:
+            model = self.fixed.get(use_case)
+            if model is None:
+                name = self.router.route(use_case).model
+                model = self.fixed[use_case] = HeavyModel(use_case, name, state="ready")
         if model.slots is None:
             model.slots = asyncio.Semaphore(self.max_concurrent)
         if model.running + model.waiting >= self.max_concurrent + self.max_queue:
@@ -138,7 +147,8 @@ class ModelLoader:
                        "waiting); try again shortly")
         model.waiting += 1
         try:
-            await self.ensure_loaded(use_case, on_loading)
+            if managed:
+                await self.ensure_loaded(use_case, on_loading)
             await model.slots.acquire()
         finally:
             model.waiting -= 1

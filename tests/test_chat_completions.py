@@ -341,3 +341,19 @@ async def test_realtime_image_turn_is_refused_as_busy_at_the_cap(door):
             await client.close()
     assert error.data["error"]["code"] == "busy", error.data
     assert done.data["response"]["status"] == "failed"
+
+
+async def test_text_requests_are_capped_too(door):
+    """Text-only chats go to the agent LLM, which voice turns share: the same per-replica
+    cap applies (one running, no queue in this server): the second is busy."""
+    headers = {"Authorization": f"Bearer {KEY}"}
+    body = {"stream": True, "max_tokens": 400, "messages": [
+        {"role": "user", "content": "Count from one to one thousand, one number a line."}]}
+    async with aiohttp.ClientSession(headers=headers) as http:
+        async with http.post(door.http + "/v1/chat/completions", json=body) as held:
+            async for raw in held.content:
+                if b'"content": "' in raw and b'"content": ""' not in raw:
+                    break
+            async with http.post(door.http + "/v1/chat/completions",
+                                 json={**body, "stream": False}) as busy:
+                assert busy.status == 429, await busy.text()
