@@ -189,6 +189,29 @@ def test_commit_times_the_words_of_the_agreed_segments_without_a_second_decode(t
     assert all(w.start <= w.end <= hyps[0].segments[1].start + 0.3 for w in words)
 
 
+def _feed(t: StreamingTranscriber, audio: np.ndarray, step: int = 1600) -> tuple:
+    for i in range(0, audio.size, step):
+        t.handle(9, audio[i:i + step], start=i == 0, end=False, language=None)
+    return t.handle(9, np.zeros(0, np.float32), start=False, end=True, language=None)
+
+
+def test_a_final_after_silence_times_the_last_partial_instead_of_decoding_again(tiny, speech):
+    settings = WhisperSettings(english_only=True, stable_commit=4 * SAMPLE_RATE)
+    dec = BatchedWhisper(tiny, settings)
+    decoded: list[int] = []
+    finals = dec._finals
+    dec._finals = lambda w, lang: decoded.append(len(w)) or finals(w, lang)
+    t = StreamingTranscriber(dec, settings)
+    heard = np.concatenate([speech[1], np.zeros(SAMPLE_RATE // 2, np.float32)])
+    text, final, details = _feed(t, heard)
+    assert final and decoded == []
+    assert text == "Seven apples fell from the tall green tree."
+    assert [w["word"] for w in details["segments"][0]["words"]][:2] == ["Seven", "apples"]
+    # speech after the last partial (cut off mid-sentence): the final decodes again
+    text, final, _ = _feed(t, speech[1][: int(1.75 * SAMPLE_RATE)])
+    assert final and decoded == [1] and text
+
+
 CHUNK = 1600  # 100 ms, as the media server sends
 
 

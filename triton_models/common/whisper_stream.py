@@ -20,6 +20,8 @@ from __future__ import annotations
 
 import re
 import time
+import weakref
+from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -40,6 +42,7 @@ SCRIPT_PROMPTS = {
 NO_SPEECH_PROB = 0.6  # faster-whisper's defaults: skip a window that is silence
 LOGPROB_THRESHOLD = -1.0
 PREPEND_PUNCTUATIONS = "\"'“¿([{-"  # faster-whisper's defaults for word timestamps
+QUIET_RMS = 0.01  # audio after the last partial below this (-40 dBFS) adds no words
 APPEND_PUNCTUATIONS = "\"'.。,，!！?？:：”)]}、"
 
 _SENTENCE = re.compile(r"(?<=[.!?])\s+")
@@ -95,6 +98,8 @@ class StreamState:
     committed_text: str = ""
     previous: list = field(default_factory=list)  # normalized segment texts, last partial
     cut_at: int | None = None  # a commit pending in this batch: samples of audio it takes
+    last: Hypothesis | None = None  # the latest partial of the open window
+    last_samples: int = 0  # the window it decoded
     agreed: int = 0  # segments of ``previous`` that the pending commit takes
 
 
@@ -225,6 +230,17 @@ class WhisperSettings:
     bucket_s: float = 1.0  # encoder length granularity of a batch group (BatchedWhisper)
 
 
+class _Decoded:
+    """One group's decode, kept for commit(): encoder output, windows, languages,
+    tokenizers and the segments (token lists) of each row."""
+
+    __slots__ = ("__weakref__", "encoded", "langs", "rows", "toks", "windows")
+
+    def __init__(self, encoded, windows, langs, toks, rows):
+        self.encoded, self.windows, self.langs, self.toks, self.rows = (
+            encoded, windows, langs, toks, rows)
+
+
 class TranscribeDecoder:
     """The unbatched path: one faster-whisper ``transcribe`` call per window (any model
     with faster-whisper's ``transcribe``; its ``frames`` attribute trims the encoder)."""
@@ -284,6 +300,9 @@ class BatchedWhisper:
         self.model, self.settings = model, settings  # a faster_whisper.WhisperModel
         self._tokenizer_cls, self._suppressed = Tokenizer, get_suppressed_tokens
         self._tokenizers: dict[str, object] = {}
+        # The encoder outputs of the latest partial decodes, for commit(): hypotheses hold
+        # them weakly, so memory stays bounded however many streams wait on one.
+        self._recent: deque = deque(maxlen=32)
         import ctranslate2
 
         self._storage = ctranslate2.StorageView.from_array
@@ -387,21 +406,28 @@ class BatchedWhisper:
     def _partials(self, windows, languages) -> list[Hypothesis]:
         encoded, langs, toks, rows = self._decode(
             windows, languages, timestamps=bool(self.settings.stable_commit), final=False)
-        group = (encoded, windows, langs, toks, rows)
+        group = _Decoded(encoded, windows, langs, toks, rows)
+        self._recent.append(group)
+        ref = weakref.ref(group)
         return [Hypothesis([Seg(s["start"], s["end"], tok.decode(s["tokens"])) for s in segs],
-                           lang, (group, i))
+                           lang, (ref, i))
                 for i, (segs, tok, lang) in enumerate(zip(rows, toks, langs, strict=True))]
 
     def commit(self, hyps: list[Hypothesis], counts: list[int]) -> list[Hypothesis]:
         """The first ``counts[i]`` segments of partial hypotheses, with word timestamps
         aligned on the encoder output of their own decode: committing a stable prefix
-        costs one alignment per group, not a second decode."""
+        costs one alignment per group, not a second decode. None for a hypothesis whose
+        decode is no longer kept."""
         out: list = [None] * len(hyps)
         groups: dict[int, tuple] = {}
         for j, (hyp, k) in enumerate(zip(hyps, counts, strict=True)):
-            group, row = hyp.decoded
-            groups.setdefault(id(group), (group, []))[1].append((j, row, k))
-        for (encoded, windows, langs, toks, rows), items in groups.values():
+            ref, row = hyp.decoded
+            group = ref()
+            if group is not None:
+                groups.setdefault(id(group), (group, []))[1].append((j, row, k))
+        for group, items in groups.values():
+            encoded, windows, langs, toks, rows = (group.encoded, group.windows, group.langs,
+                                                   group.toks, group.rows)
             chosen: list[list[dict]] = [[] for _ in rows]
             for _j, row, k in items:
                 chosen[row] = [dict(seg) for seg in rows[row][:k]]
@@ -510,14 +536,16 @@ class StreamingTranscriber:
             self._round([(i, chunks[i]) for i in indexes], send)
 
     def _round(self, items, send) -> None:
-        finals, cuts, partials = [], [], []
+        finals, cuts, partials, reuse = [], [], [], []
         for i, chunk in items:
             try:
                 kind, state = self._accept(chunk)
             except ValueError as exc:
                 send(i, exc)
                 continue
-            if kind == "final":
+            if kind == "reuse":
+                reuse.append((i, state))
+            elif kind == "final":
                 finals.append((i, state))
             elif kind == "cut":
                 cuts.append((i, state))
@@ -527,6 +555,17 @@ class StreamingTranscriber:
                 send(i, self._final(state, Hypothesis([], state.language)))
             else:
                 send(i, ("", False, {}))
+        if reuse:  # the last partial heard it all: time its words, no new decode
+            try:
+                hyps = self.decoder.commit([st.last for _, st in reuse],
+                                           [len(st.last.segments) for _, st in reuse])
+            except Exception:  # decode them instead
+                hyps = [None] * len(reuse)
+            for (i, state), hyp in zip(reuse, hyps, strict=True):
+                if hyp is None:
+                    finals.append((i, state))
+                else:
+                    send(i, self._final(state, hyp))
         self._run(finals, self._final, send, final=True)
         self._run(cuts, self._cut, send, final=True)
         commits: list = []
@@ -538,7 +577,8 @@ class StreamingTranscriber:
             except Exception:  # the prefix stays open: a later partial commits it
                 done = []
             for (_, state), hyp in zip(commits, done, strict=False):
-                self._commit(state, hyp)
+                if hyp is not None:
+                    self._commit(state, hyp)
         else:  # a decoder without it decodes the committed audio again, with words
             self._run([(None, st) for _, st in commits], self._commit, lambda i, r: None,
                       final=True)
@@ -576,6 +616,8 @@ class StreamingTranscriber:
             self.streams.pop(chunk.corrid, None)
             if state.audio.size < SAMPLE_RATE // 10:
                 return "short", state
+            if self._reusable(state):
+                return "reuse", state
             return "final", state
         if state.audio.size > self.settings.max_window:
             return "cut", state
@@ -607,7 +649,25 @@ class StreamingTranscriber:
             text = join_text(state.committed_text, text)
         return text, True, details
 
+    def _reusable(self, state: StreamState) -> bool:
+        """Whether the final can be the last partial with its words timed: it decoded
+        with timestamps (stable commits on), it does not loop (greedy decoding of a
+        window ending in silence may start over: a final decode is cleaner), and only
+        silence came after its window."""
+        last = state.last
+        if not (self.settings.stable_commit and last is not None and last.segments
+                and last.decoded is not None and hasattr(self.decoder, "commit")):
+            return False
+        raw = " ".join(seg.text.strip() for seg in last.segments)
+        if drop_echo_tail(drop_repeats(raw)) != raw or \
+                len(clean_segments(last.segments, state.last_samples / SAMPLE_RATE)) != \
+                len(last.segments):
+            return False
+        unheard = state.audio[state.last_samples:]
+        return unheard.size == 0 or float(np.sqrt(np.mean(unheard ** 2))) < QUIET_RMS
+
     def _partial(self, state: StreamState, hyp: Hypothesis, commits: list) -> Result:
+        state.last, state.last_samples = hyp, state.audio.size
         text = join_text(state.committed_text, drop_echo_tail(hyp.text))
         if self.settings.stable_commit:
             agreed = agreed_prefix(state.previous, hyp.segments)
@@ -634,7 +694,7 @@ class StreamingTranscriber:
         state.audio = state.audio[cut:]
         state.offset_s += cut / SAMPLE_RATE
         state.previous = state.previous[state.agreed:]
-        state.cut_at = None
+        state.cut_at, state.last = None, None
 
     def _cut(self, state: StreamState, hyp: Hypothesis) -> Result:
         """An over-long window with no agreed prefix: finalize all but the last segment.
@@ -646,7 +706,7 @@ class StreamingTranscriber:
         state.audio = state.audio[keep_from:]
         state.offset_s += keep_from / SAMPLE_RATE
         state.since_partial = 0
-        state.previous = []
+        state.previous, state.last = [], None
         if self.settings.stable_commit:
             state.committed += details["segments"]
             state.committed_text = join_text(state.committed_text, text)
