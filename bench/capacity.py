@@ -4,6 +4,7 @@ batching and stable-prefix commits buy.
     rtmedia bench capacity [--captions] [--agents] [--start N --step N --max N]
     rtmedia bench capacity --batch-gain [--streams 8]
     rtmedia bench capacity --long-stream [--minutes 5]
+    rtmedia bench capacity --finals
     rtmedia bench capacity --tts [--tts-levels 1 2 4 8] [--tts-workers 1 2 4]
 
 The ramp (default) starts a local Triton and the media server (or uses --url) and
@@ -377,6 +378,8 @@ def main(argv: list[str] | None = None) -> int:
                                                      "for several worker counts")
     p.add_argument("--tts-levels", type=int, nargs="*", default=[1, 2, 4, 8])
     p.add_argument("--tts-workers", type=int, nargs="*", default=[1, 2, 4])
+    p.add_argument("--finals", action="store_true", help="END -> final latency: last "
+                                                        "partial reused vs decoded again")
     p.add_argument("--long-stream", action="store_true")
     p.add_argument("--minutes", type=float, default=5.0)
     p.add_argument("--models-dir", type=Path,
@@ -393,9 +396,12 @@ def main(argv: list[str] | None = None) -> int:
         results["batch_gain"] = batch_gain(args.models_dir, args.streams)
     if args.long_stream:
         results["long_stream"] = long_stream(args.models_dir, args.minutes)
+    if args.finals:
+        results["finals"] = final_latency(args.models_dir)
     if args.tts:
         results["tts"] = tts_concurrency(args.models_dir, args.tts_levels, args.tts_workers)
-    if not (args.batch_gain or args.long_stream or args.tts) or args.captions or args.agents:
+    if not (args.batch_gain or args.long_stream or args.tts or args.finals) \
+            or args.captions or args.agents:
         kinds = [k for k, on in (("captions", args.captions), ("agents", args.agents)) if on] \
             or ["captions", "agents"]
         levels = {"captions": list(range(args.start, args.max + 1, args.step)),
@@ -428,6 +434,39 @@ def main(argv: list[str] | None = None) -> int:
 
 if __name__ == "__main__":
     sys.exit(main())
+
+
+# -- END -> final: the last partial reused vs a new decode --------------------------------
+def final_latency(models_dir: Path) -> dict:
+    """Each sentence (+0.2 s of silence) streamed in 100 ms chunks, then END: time to the
+    final and WER, when the final times the last partial's words vs decodes again."""
+    from pipelines.speech import espeak_speech
+    from pipelines.text import word_error_rate
+
+    ws = _common()
+    model = load_whisper(models_dir)
+    tail = np.zeros(RATE // 5, np.float32)
+    audio = [np.concatenate([espeak_speech(s), tail]) for s in SENTENCES]
+    out: dict = {}
+    for mode in ("reuse_last_partial", "decode_again"):
+        settings = _settings(ws, stable_commit=4 * RATE)
+        tr = ws.StreamingTranscriber(ws.BatchedWhisper(model, settings), settings)
+        if mode == "decode_again":
+            tr._reusable = lambda _state: False
+        took, wers = [], []
+        for k, (sentence, a) in enumerate(zip(SENTENCES, audio, strict=True)):
+            for i in range(0, a.size, RATE // 10):
+                tr.handle(k, a[i:i + RATE // 10], start=i == 0, end=False, language="en")
+            t0 = time.perf_counter()
+            text, _, _ = tr.handle(k, np.zeros(0, np.float32), start=False, end=True,
+                                   language="en")
+            took.append(time.perf_counter() - t0)
+            wers.append(word_error_rate(sentence, text))
+        out[mode] = {"end_to_final_median_ms": round(float(np.median(took)) * 1000, 1),
+                     "end_to_final_p95_ms": round(float(np.percentile(took, 95)) * 1000, 1),
+                     "wer": round(float(np.mean(wers)), 3)}
+        print(f"  {mode}: {json.dumps(out[mode])}", file=sys.stderr)
+    return out
 
 
 # -- TTS under concurrency: do requests of several sessions overlap? ----------------------
