@@ -12,6 +12,7 @@ again every ``retry_s``.
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import json
 import logging
@@ -120,6 +121,9 @@ class StateStore:
         self._down_until = 0.0
         self._down = False
         self._held: set[str] = set()  # this replica's slots (re-registered by heartbeat)
+        # a release must not fall between the heartbeat's copy of _held and its write:
+        # the heartbeat would put the released slot back for SLOT_TTL_S
+        self._slots_lock = asyncio.Lock()
         if redis_url:
             import redis.asyncio as aioredis
 
@@ -196,17 +200,19 @@ class StateStore:
         return token
 
     async def release_slot(self, token: str) -> None:
-        self._held.discard(token)
-        self.memory.slots.discard(token)
-        await self._try(lambda: self._redis.zrem(SLOTS_KEY, token), "the session limit")
+        async with self._slots_lock:
+            self._held.discard(token)
+            self.memory.slots.discard(token)
+            await self._try(lambda: self._redis.zrem(SLOTS_KEY, token), "the session limit")
 
     async def heartbeat(self) -> None:
         """Keep this replica's slots alive in Redis (and put back those taken while it
         was unreachable); slots of a replica that died expire after SLOT_TTL_S."""
         if self._held:
-            held = list(self._held)
-            await self._try(lambda: self._redis.eval(_REFRESH, 1, SLOTS_KEY, SLOT_TTL_S,
-                                                     *held), "the session limit")
+            async with self._slots_lock:
+                held = list(self._held)
+                await self._try(lambda: self._redis.eval(_REFRESH, 1, SLOTS_KEY, SLOT_TTL_S,
+                                                         *held), "the session limit")
         else:
             await self._try(lambda: self._redis.ping(), "state")
 
