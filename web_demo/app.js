@@ -292,6 +292,7 @@ function context() {
 // of our own on the microphone.
 async function pollMicLevel(my) {
   if (conn !== my || !my.pc || my.statsBusy) return;
+  if (!["listening", "heard"].includes(state.phase) || document.hidden) return;  // not shown
   my.statsBusy = true;
   try {
     const stats = await my.pc.getStats();
