@@ -6,9 +6,9 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 # espeak-ng: Indian-language TTS and test speech; chromium: the browser tests;
-# nginx, redis-server, prometheus (with promtool), coturn: the deployment tests run the
-# real servers on loopback (tests/deploy_stack.py); openssl: nginx/make-cert.sh
-APT_PACKAGES=(espeak-ng chromium nginx redis-server prometheus coturn openssl)
+# nginx, redis-server, prometheus (with promtool): the deployment tests run the real
+# servers on loopback (tests/deploy_stack.py); openssl: nginx/make-cert.sh
+APT_PACKAGES=(espeak-ng chromium nginx redis-server prometheus openssl)
 missing=()
 for pkg in "${APT_PACKAGES[@]}"; do
   dpkg -s "$pkg" >/dev/null 2>&1 || missing+=("$pkg")
