@@ -349,7 +349,7 @@ class WebRTCSession:
 
     def _on_datachannel(self, channel) -> None:
         self.channel = channel
-        channel.on("open", self.sender.flush)
+        channel.on("open")(self.sender.flush)
         self.sender.attach(channel)
 
         @channel.on("message")
