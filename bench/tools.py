@@ -14,7 +14,9 @@ agent/qwen2.5-coder-0.5b agent/qwen2.5-coder-1.5b`). Figures, per model:
 Then, for each model given with --round-trips, a spoken turn with a tool round trip
 through the media server (espeak question, server VAD): end of speech -> the call
 (response.function_call_arguments.done), result sent at once -> first answer audio,
-and end of speech -> first answer audio in all.
+and end of speech -> first answer audio in all; and for questions that need no tool
+(tools declared all the same), end of speech -> first audio. A first turn warms the
+stack up and is not counted. `--models ''` skips the quality part.
 """
 
 from __future__ import annotations
@@ -88,8 +90,9 @@ CALLS = [
     ("What is the capital of Japan?", None, {}),
     ("Say hello to my friend Priya.", None, {}),
 ]
-ROUND_TRIP = ["What is the weather in Paris today?", "Is it cold in Oslo right now?",
-              "What is the weather like in Rome?"]
+ROUND_TRIP = ["What is the weather in Paris today?", "What is the weather like in Rome?",
+              "Tell me the weather in Berlin.", "How is the weather in Madrid today?"]
+PLAIN = ["What is the capital of Japan?", "Tell me a fun fact about cats."]
 
 
 def med(xs: list[float]) -> float | None:
@@ -178,7 +181,7 @@ async def round_trip(http: str, question: str, rate: int = 24000) -> dict | None
         speech_end = t0 + (lead.size + last_voiced(audio)) / rate
         sender = asyncio.create_task(client.stream_audio(
             np.concatenate([lead, audio, np.zeros(int(2.0 * rate), np.float32)]), rate))
-        call_at = result_at = first_audio = None
+        call_at = result_at = first_audio = plain_audio = None
         ok = False
         async for ev in client.iter_events(timeout=120):
             if ev.type == "response.function_call_arguments.done" and call_at is None:
@@ -192,6 +195,8 @@ async def round_trip(http: str, question: str, rate: int = 24000) -> dict | None
             elif ev.type == "response.output_audio.delta" and call_at is not None:
                 first_audio = ev.t
                 break
+            elif ev.type == "response.output_audio.delta" and plain_audio is None:
+                plain_audio = ev.t
             elif ev.type == "response.done" and call_at is None:
                 break  # answered without calling
             elif ev.type == "error":
@@ -200,7 +205,7 @@ async def round_trip(http: str, question: str, rate: int = 24000) -> dict | None
     finally:
         await client.close()
     if call_at is None or first_audio is None:
-        return None
+        return {"plain": plain_audio - speech_end} if plain_audio is not None else None
     return {"call": call_at - speech_end, "result_to_audio": first_audio - result_at,
             "total": first_audio - speech_end, "right_function": ok}
 
@@ -244,20 +249,30 @@ def main(argv: list[str] | None = None) -> int:
                     help="models to run the spoken tool round trip with ('' for none)")
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args(argv)
-    models = installed_models(args.models.split(","))
+    models = installed_models([m for m in args.models.split(",") if m])
     results: dict = {"quality": asyncio.run(measure_quality(models, log)), "round_trip": {}}
     for model in installed_models([m for m in args.round_trips.split(",") if m]):
         os.environ["RTMEDIA_LLM_MODEL"] = model
         with local_stack() as http:
-            runs = []
-            for q in ROUND_TRIP:
+            asyncio.run(round_trip(http, PLAIN[0]))  # warm up (not counted)
+            runs, plain, needless = [], [], 0
+            for q in ROUND_TRIP + PLAIN:
                 r = asyncio.run(round_trip(http, q))
                 log(f"  round trip {model}: {q} -> {r}")
-                if r is not None:
+                if r is None:
+                    continue
+                if q in PLAIN:
+                    if "plain" in r:
+                        plain.append(r["plain"])
+                    else:
+                        needless += 1
+                elif "call" in r:
                     runs.append(r)
         results["round_trip"][model] = {
-            "turns": f"{len(runs)}/{len(ROUND_TRIP)}",
+            "tool_turns": f"{len(runs)}/{len(ROUND_TRIP)}",
             "right_function": sum(r["right_function"] for r in runs),
+            "plain_turns_without_a_call": f"{len(plain)}/{len(PLAIN)}",
+            "plain_speech_end_to_first_audio_ms": med(plain),
             "speech_end_to_call_ms": med([r["call"] for r in runs]),
             "result_to_first_audio_ms": med([r["result_to_audio"] for r in runs]),
             "speech_end_to_first_audio_ms": med([r["total"] for r in runs])}
