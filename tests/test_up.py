@@ -58,12 +58,14 @@ def test_rtmedia_up_serves_and_stops(model_store, tmp_path):
         status, page = _get(base + "/index.html")
         assert status == 200 and b"rtmedia" in page
         assert b"rtmedia_sessions_active" in _get(base + "/metrics")[1]
-        # every default model, the avatar included, is loaded in the Triton it started
+        # every default model (the avatar, the multilingual Whisper and the end-of-turn
+        # model included) is loaded in the Triton it started
         index = urllib.request.Request(f"http://127.0.0.1:{http_port}/v2/repository/index",
                                        data=b"{}", method="POST")
         with urllib.request.urlopen(index, timeout=5) as r:
             states = {m["name"]: m.get("state") for m in json.loads(r.read())}
-        assert all(states.get(m) == "READY" for m in ("whisper", "piper", "llm", "avatar"))
+        assert all(states.get(m) == "READY" for m in ("whisper", "piper", "llm", "avatar",
+                                                      "whisper_base", "smart_turn"))
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(timeout=40) == 0
     finally:
