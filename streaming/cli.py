@@ -488,6 +488,9 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_parser("capacity", help="ramp caption and voice-agent sessions until the lag "
                                       "passes its limit; batching gain; long captions "
                                       "(rtmedia bench capacity --help)")
+    bench.add_parser("tools", help="function calling and the LLM choices: answers, tool-call "
+                                   "accuracy, a spoken tool round trip (rtmedia bench tools "
+                                   "--help)")
     return p
 
 
@@ -517,6 +520,10 @@ def main(argv: list[str] | None = None) -> int:
         from bench.capacity import main as bench_capacity
 
         return bench_capacity(argv[2:])
+    if argv[:2] == ["bench", "tools"]:
+        from bench.tools import main as bench_tools
+
+        return bench_tools(argv[2:])
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)
