@@ -1,6 +1,6 @@
 """Function calling and the LLM choices: quality and speed on a fixed question set.
 
-    python -m bench.tools [--models llm,llm_qwen,llm_qwen15] [--round-trips N] [--json]
+    rtmedia bench tools [--models llm,llm_qwen,llm_qwen15] [--round-trips MODELS] [--json]
 
 Starts its own tritonserver with the chat models whose weights are in the store
 (install the optional ones with `rtmedia models install-defaults --only
