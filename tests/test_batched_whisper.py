@@ -76,6 +76,21 @@ def test_a_batch_decodes_finals_first_then_partials_each_to_its_own_stream():
     assert set(t.streams) == {1, 2, 3, 7}
 
 
+def test_groups_of_equal_encoder_length_are_answered_as_each_is_decoded_shortest_first():
+    class Grouping(FakeBatch):
+        def frames(self, n_samples: int) -> int:
+            return -(-n_samples // SAMPLE_RATE)  # whole seconds
+
+    dec = Grouping(_by_level)
+    t = StreamingTranscriber(dec, WhisperSettings(english_only=True))
+    log: list = []
+    dec.script = lambda kind, audio: log.append("decode") or _by_level(kind, audio)
+    t.handle_batch([Chunk(1, _sec(2.5, 0.1), start=True), Chunk(2, _sec(0.6, 0.2), start=True),
+                    Chunk(3, _sec(2.2, 0.3), start=True)], lambda i, r: log.append(i))
+    assert dec.calls == [("partials", [0.6]), ("partials", [2.5, 2.2])]
+    assert log == ["decode", 1, "decode", "decode", 0, 2]  # stream 2 answered first
+
+
 def test_two_chunks_of_one_stream_in_one_batch_are_served_in_order():
     dec = FakeBatch(_by_level)
     t = StreamingTranscriber(dec, WhisperSettings(english_only=True))

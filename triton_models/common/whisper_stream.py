@@ -585,10 +585,18 @@ class StreamingTranscriber:
 
     def _run(self, jobs, finish, send, *, final: bool) -> None:
         """Decode the windows of ``jobs`` in batches; ``finish(state, hypothesis)`` makes
-        each stream's answer. A failing decode fails only the streams in it."""
+        each stream's answer. With a decoder that groups windows by encoder length
+        (``frames``), each group is answered as soon as it is decoded, shortest first:
+        no stream waits for the longer windows of others. A failing decode fails only
+        the streams in it."""
         size = max(1, self.settings.max_batch)
-        for b in range(0, len(jobs), size):
-            batch = jobs[b:b + size]
+        key = getattr(self.decoder, "frames", None)
+        groups: dict[int, list] = {}
+        for job in jobs:
+            groups.setdefault(key(self._window(job[1]).size) if key else 0, []).append(job)
+        batches = [group[b:b + size] for _, group in sorted(groups.items())
+                   for b in range(0, len(group), size)]
+        for batch in batches:
             windows = [self._window(state) for _, state in batch]
             langs = [self._language(state) for _, state in batch]
             try:
