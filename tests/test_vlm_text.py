@@ -48,3 +48,9 @@ def test_incremental_text_never_splits_a_character():
     pieces = [inc.push([b]) for b in data]
     assert "".join(pieces) + inc.finish() == "héllo"
     assert "\ufffd" not in "".join(pieces)
+
+
+def test_control_characters_are_left_out():
+    inc = IncrementalText(lambda ids: bytes(ids).decode(errors="replace"))
+    pieces = [inc.push([b]) for b in b"a\x00b\x07\nc\td\x7f"]
+    assert "".join(pieces) + inc.finish() == "ab\nc\td"

@@ -96,11 +96,21 @@ def merge_text_parts(messages: list[dict]) -> list[dict]:
     return out
 
 
+# Control characters other than line breaks and tabs are never text a client can use
+# (a NUL breaks TTS); a byte-level model can still sample them.
+_CONTROL = {c: None for c in range(32) if chr(c) not in "\n\t"} | {127: None}
+
+
+def clean_text(text: str) -> str:
+    return text.translate(_CONTROL)
+
+
 class IncrementalText:
     """Turns a growing list of token ids into text pieces, never splitting a character.
 
     ``decode`` is the tokenizer's decode of a list of ids. Byte-level tokenizers emit
-    half a UTF-8 character in one token: the piece is held until it completes.
+    half a UTF-8 character in one token: the piece is held until it completes. Control
+    characters are left out (clean_text).
     """
 
     def __init__(self, decode):
@@ -114,9 +124,9 @@ class IncrementalText:
         if text.endswith("\ufffd"):
             return ""
         piece, self.sent = text[len(self.sent):], text
-        return piece
+        return clean_text(piece)
 
     def finish(self) -> str:
         text = self.decode(self.ids)
         piece, self.sent = text[len(self.sent):], text
-        return piece
+        return clean_text(piece)
