@@ -321,10 +321,11 @@ class BatchedWhisper:
         return min(3000, -(-encoder_frames(n_samples) // bucket) * bucket)
 
     def _grouped(self, decode, windows, languages) -> list[Hypothesis]:
-        """``decode`` per group of windows with the same encoder length, answers in order."""
-        groups: dict[int, list[int]] = {}
+        """``decode`` per group of windows with the same encoder length and language (its
+        prompt's length counts in CTranslate2's max_length), answers in order."""
+        groups: dict[tuple, list[int]] = {}
         for i, w in enumerate(windows):
-            groups.setdefault(self.frames(w.size), []).append(i)
+            groups.setdefault((self.frames(w.size), languages[i] or ""), []).append(i)
         out: list = [None] * len(windows)
         for idx in groups.values():
             for i, hyp in zip(idx, decode([windows[i] for i in idx],
