@@ -18,7 +18,9 @@ output at once and cancels the generation; the history keeps what was heard.
 Function calls: a reply may end in calls to the session's tools. They are
 checked against the tools' parameters and, once the reply completes, put into
 the history and reported with ``ResponseDone``; the client runs them and adds
-their outputs, then asks for the next reply. A cancelled reply makes no calls.
+their outputs, then asks for the next reply. A cancelled reply makes no calls. A
+reply that is only a call the model wrote badly is asked again without tools (the
+client is told); after spoken text, a bad call fails the reply.
 Every way a session ends goes through ``close()``, which cancels all its work.
 """
 
@@ -447,6 +449,7 @@ class VoiceAgent:
         calls: list[ToolCall] = []
         status, reason, code = "completed", None, None
         started = False
+        notice = None  # a call the model wrote badly, answered without tools instead
 
         async def deliver(item) -> None:
             nonlocal started
@@ -473,6 +476,19 @@ class VoiceAgent:
                         await deliver(h)
                     held.clear()
                 elif item is _END:
+                    problem = None
+                    if said_calls and notice is None and not "".join(text).strip():
+                        problem = self._call_problem(said_calls, options.tools)
+                    if problem is not None:
+                        # Only a call that cannot be run, nothing said: ask the model
+                        # once more without tools, so the user gets an answer.
+                        notice = f"{problem}; answered without tools instead"
+                        log.warning("session %s: response %s: %s", self.session_id, rid,
+                                    notice)
+                        said_calls = []
+                        pump = asyncio.create_task(self._pump(
+                            messages, replace(options, tools=()), inbox))
+                        continue
                     if not is_held():
                         break
                 elif isinstance(item, BaseException):
@@ -515,6 +531,8 @@ class VoiceAgent:
                 if status == "failed":
                     self._emit(F.ErrorFrame(code or "response_failed",
                                             reason or "response failed"))
+                if notice is not None:
+                    self._emit(F.ErrorFrame("invalid_tool_call", notice))
                 heard_s = self._finish_item(rid, item_id, full, status)
                 for call in calls:
                     self.add_function_item("function_call", call.call_id, name=call.name,
@@ -524,6 +542,14 @@ class VoiceAgent:
                                           message, calls, code))
                 if heard_s is not None:  # after response.done, as OpenAI orders them
                     self._truncated(item_id, rid, heard_s)
+
+    @classmethod
+    def _call_problem(cls, said: list[dict], tools: tuple[Tool, ...]) -> str | None:
+        try:
+            cls._checked_calls(said, tools)
+        except InvalidToolCall as exc:
+            return str(exc)
+        return None
 
     @staticmethod
     def _checked_calls(said: list[dict], tools: tuple[Tool, ...]) -> list[ToolCall]:

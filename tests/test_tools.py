@@ -163,23 +163,47 @@ async def test_text_before_a_call_is_a_message_item_then_the_call():
     await h.close()
 
 
-@pytest.mark.parametrize("call, fragment", [
+BAD_CALLS = [
     ({"name": "get_weather", "arguments": "{city: Paris"}, "not JSON"),
     ({"name": "get_weather", "arguments": '{"town": "Paris"}'}, "arguments.city is required"),
     ({"name": "get_weather", "arguments": '{"city": 7}'}, "arguments.city must be string"),
     ({"name": "launch_rocket", "arguments": "{}"}, "unknown function"),
     ({"name": "", "arguments": "", "error": "unterminated <tool_call>"}, "cannot be read"),
-])
-async def test_a_call_the_model_wrote_badly_fails_the_response_not_the_session(call, fragment):
+]
+
+
+@pytest.mark.parametrize("call, fragment", BAD_CALLS)
+async def test_a_reply_that_is_only_a_bad_call_is_answered_without_tools(call, fragment):
     h = await tool_session([call])
+    await h.send({"type": "response.create"})
+    await until(h, "response.output_audio.delta")
+    await h.clock.advance(5)
+    done = h.first("response.done")["response"]
+    assert done["status"] == "completed"
+    assert [o["type"] for o in done["output"]] == ["message"]
+    assert done["output"][0]["content"][0]["transcript"].startswith("It is sunny")
+    err = h.first("error")["error"]
+    assert err["code"] == "invalid_tool_call" and fragment in err["message"]
+    first, again = h.services.llm.tool_requests
+    assert first[0] is not None and again == (None, "auto")  # asked again, no tools
+    assert all(i.type == "message" for i in h.session.agent.conversation.items)
+    await h.close()
+
+
+@pytest.mark.parametrize("call, fragment", BAD_CALLS[:2])
+async def test_a_bad_call_after_spoken_text_fails_the_reply_not_the_session(call, fragment):
+    h = await tool_session([call])
+    h.services.llm.call_text = "Let me check."
     await h.send({"type": "response.create"})
     await until(h, "response.done")
     done = h.first("response.done")["response"]
-    assert done["status"] == "failed" and done["output"] == []
+    assert done["status"] == "failed"
+    assert [o["type"] for o in done["output"]] == ["message"]  # the words were heard
     assert done["status_details"]["error"]["code"] == "invalid_tool_call"
     assert fragment in done["status_details"]["error"]["message"]
     err = h.first("error")["error"]
     assert err["code"] == "invalid_tool_call" and fragment in err["message"]
+    assert len(h.services.llm.requests) == 1
     assert all(i.type == "message" for i in h.session.agent.conversation.items)
     # the session goes on: the next reply (no call scripted) is spoken
     mark = len(h.events)
