@@ -26,6 +26,7 @@ from rtmedia_models_common.whisper_stream import (
     describe,
     drop_repeats,
     encoder_frames,
+    join_text,
     token_budget,
     window_cut,
 )
@@ -107,6 +108,25 @@ def test_drop_repeats_and_clean_segments():
             Seg(2.5, 3, " Bye."), Seg(3.0, 3.5, " ghost")]
     assert [s.text for s in clean_segments(segs, duration_s=3.02)] == [" Hello there.",
                                                                       " Bye."]
+    # a decode that starts over after the question (seen in finals of the voice agent)
+    echo = [Seg(0, 1.8, " What is the capital of France?"), Seg(1.8, 2.2, " What is the")]
+    assert [s.text for s in clean_segments(echo, 2.5)] == [" What is the capital of France?"]
+    twice = [*echo[:1], Seg(1.8, 2.0, " What is the capital of France?"), Seg(2.0, 2.2, " What")]
+    assert [s.text for s in clean_segments(twice, 2.5)] == [" What is the capital of France?"]
+    # an unfinished last segment that does not restart the one before it stays
+    assert len(clean_segments([Seg(0, 1, " Hello."), Seg(1, 2, " And you")], 2.5)) == 2
+    text, _ = describe(0.0, [Seg(0, 2, " What is the capital? What is the")], "en", 40000)
+    assert text == "What is the capital?"
+    # the loop spread over two segments (seen in a final of the avatar page's question)
+    text, _ = describe(0.0, [Seg(0, 1.88, " What is the capital and France?"),
+                             Seg(1.88, 2.02, " What is the capital and France? What")],
+                       "en", 32640)
+    assert text == "What is the capital and France?"
+    assert join_text("What is the capital of France?",
+                     "What is the capital of France?") == "What is the capital of France?"
+    assert join_text("What is the capital of France?", "What is") == \
+        "What is the capital of France?"
+    assert join_text("It is late.", "Good night.") == "It is late. Good night."
 
 
 def test_budgets_and_encoder_frames():

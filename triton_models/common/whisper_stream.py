@@ -165,7 +165,10 @@ def drop_echo_tail(text: str) -> str:
 
 
 def clean_segments(segments, duration_s: float) -> list:
-    """Drop segments that start after the audio ends, are empty or repeat the previous one."""
+    """Drop segments that start after the audio ends, are empty or repeat the previous
+    one, and a last segment that only restarts the one before it ("What is the capital
+    of France?" + "What is the"): greedy decoding of a window ending in silence starts
+    over, and a final made of that decode carried the echo into the transcript."""
     out = []
     for seg in segments:
         if seg.start >= duration_s - 0.05 or not _norm(seg.text):
@@ -173,6 +176,9 @@ def clean_segments(segments, duration_s: float) -> list:
         if out and _norm(seg.text) == _norm(out[-1].text):
             continue
         out.append(seg)
+    if len(out) >= 2 and out[-1].text.strip()[-1:] not in ".!?" and \
+            _norm(out[-2].text).startswith(_norm(out[-1].text)):
+        out.pop()
     return out
 
 
@@ -186,7 +192,7 @@ def describe(offset_s: float, segments, language: str | None,
                    "end": round(offset_s + w.end, 3), "p": round(w.probability, 3)}
                   for w in (s.words or [])],
     } for s in segments]
-    text = " ".join(s["text"] for s in segs).strip()
+    text = drop_echo_tail(drop_repeats(" ".join(s["text"] for s in segs).strip()))
     return text, {"start": offset_s, "end": round(offset_s + n_samples / SAMPLE_RATE, 3),
                   "language": language, "segments": segs}
 
@@ -211,7 +217,9 @@ def agreed_prefix(previous: list[str], segments: list) -> int:
 
 
 def join_text(*parts: str) -> str:
-    return " ".join(p.strip() for p in parts if p and p.strip())
+    """The committed text and the open tail's: a tail decoded over silence after a
+    commit may say the committed sentence again (or begin to), which is dropped."""
+    return drop_echo_tail(drop_repeats(" ".join(p.strip() for p in parts if p and p.strip())))
 
 
 @dataclass
@@ -653,7 +661,10 @@ class StreamingTranscriber:
         segments = clean_segments(hyp.segments, state.audio.size / SAMPLE_RATE)
         text, details = describe(state.offset_s, segments, hyp.language, state.audio.size)
         if state.committed:  # the stable prefix was decoded with words already
-            details["segments"] = state.committed + details["segments"]
+            tail = details["segments"]
+            if tail and _norm(tail[0]["text"]) == _norm(state.committed[-1]["text"]):
+                tail = tail[1:]  # the committed sentence said again over silence
+            details["segments"] = state.committed + tail
             details["start"] = state.start_s
             text = join_text(state.committed_text, text)
         return text, True, details
