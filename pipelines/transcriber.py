@@ -43,12 +43,26 @@ class Utterance:
         self.speculative = False  # ended on a pause that silence has not confirmed yet
         self.confirmed = False  # the turn is over (silence or the client's commit)
         self.final: tuple[str, dict] | None = None
+        self._closed: set[int] = set()  # id() of sessions their task closed
+        self._closers: set[asyncio.Task] = set()
         self._start()
 
     def _start(self) -> None:
-        self._session: STTSession = self._stt.open(self._language)
+        session = self._session = self._stt.open(self._language)
         self._queue: asyncio.Queue[np.ndarray | None] = asyncio.Queue()
-        self._task = asyncio.create_task(self._run(self._session, self._queue))
+        self._task = asyncio.create_task(self._run(session, self._queue))
+        self._task.add_done_callback(lambda _task: self._close_if_never_run(session))
+
+    def _close_if_never_run(self, session: STTSession) -> None:
+        """A task cancelled before it ran (a pause and its resume in one batch of audio,
+        or a session closed at once) never reaches its ``finally``: its stream, opened
+        already, would stay open in Triton for good. Close it here instead."""
+        if id(session) in self._closed:
+            self._closed.discard(id(session))
+            return
+        closer = asyncio.ensure_future(session.close())
+        self._closers.add(closer)
+        closer.add_done_callback(self._closers.discard)
 
     @property
     def done(self) -> bool:
@@ -86,6 +100,9 @@ class Utterance:
         self._task.cancel()
         with contextlib.suppress(asyncio.CancelledError, Exception):
             await self._task
+        await asyncio.sleep(0)  # let the done callback schedule its close, if any
+        if self._closers:
+            await asyncio.gather(*self._closers, return_exceptions=True)
 
     async def _run(self, session: STTSession, queue: asyncio.Queue) -> None:
         pending: list[np.ndarray] = []
@@ -133,3 +150,4 @@ class Utterance:
                 self._on_failed(self, f"internal error: {type(exc).__name__}")
         finally:
             await session.close()
+            self._closed.add(id(session))

@@ -73,7 +73,8 @@ SERVER_EVENTS = frozenset({
     "response.text.delta", "response.text.done", "response.audio.delta",
     "response.audio.done", "response.audio_transcript.delta",
     "response.audio_transcript.done", "response.function_call_arguments.delta",
-    "response.function_call_arguments.done", "rate_limits.updated"})
+    "response.function_call_arguments.done", "rate_limits.updated",
+    "rtmedia.model.loading"})  # extension events (docs/protocol.md)
 KNOWN_EVENTS = CLIENT_EVENTS | SERVER_EVENTS
 
 

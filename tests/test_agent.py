@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import itertools
 import logging
 
@@ -16,6 +17,7 @@ from pipelines.turns import TurnDetector
 from pipelines.vad import VadConfig
 from tests.fakes import (
     FakeClock,
+    FakeSTT,
     FakeTrackSink,
     energy_classifier,
     fake_services,
@@ -300,3 +302,31 @@ async def test_an_endless_turn_is_cut_and_memory_stays_bounded():
     assert len([f for f in frames if isinstance(f, F.BufferCommitted)]) == 3
     assert agent._utt is not None and agent._utt.audio_samples <= 2 * 16000
     await agent.close()
+
+
+async def test_streams_of_utterances_cancelled_before_they_ran_are_closed():
+    """A pause and its resume in one batch of audio (or a close right after speech
+    started) cancel an STT task before it ran: its stream was open already and stayed
+    open in Triton (two per Hindi turn in the real tier)."""
+    from pipelines.transcriber import Utterance
+
+    clock = FakeClock()
+    stt = FakeSTT(clock)
+
+    def ignore(*_args) -> None:
+        pass
+
+    utt = Utterance("item_1", stt, None, on_partial=ignore, on_final=ignore,
+                    on_failed=ignore)
+    utt.push(speech(0.2))
+    utt.end(speculative=True)
+    utt.resume()  # the first task never ran
+    utt.resume()  # nor did the second
+    await asyncio.sleep(0)
+    await utt.cancel()  # the third, current one
+    assert len(stt.sessions) == 3 and all(s.closed for s in stt.sessions)
+
+    quick = Utterance("item_2", stt, None, on_partial=ignore, on_final=ignore,
+                      on_failed=ignore)
+    await quick.cancel()  # closed before its task ever ran
+    assert stt.sessions[-1].closed

@@ -3,6 +3,8 @@ answered by the multimodal model from what the camera shows, and the reply is he
 
 from __future__ import annotations
 
+import asyncio
+
 import pytest
 
 from tests.browser import CHROMIUM, Browser
@@ -49,6 +51,13 @@ async def test_camera_toggle_question_answered_from_the_camera(camera_server, he
         await browser.wait_for("rtmedia.replyAudioStarts.length > 0", timeout=30)
         await browser.screenshot(artifacts / "avatar_page_camera.png")
         s = await browser.eval("({conversation: rtmedia.conversation, errors: rtmedia.errors})")
+        # the turn went to the multimodal model with the camera's frame (Triton counts
+        # the request once its last token is sent: wait for that, with the call open)
+        for _ in range(120):
+            answered = await model_successes(heavy_triton.http_url, "vlm")
+            if answered > before:
+                break
+            await asyncio.sleep(0.25)
         # off again: the next frames stop (the server's last frame goes stale)
         await browser.eval("document.getElementById('camera').click()")
         off = await browser.eval("document.getElementById('camera').textContent")
@@ -59,5 +68,4 @@ async def test_camera_toggle_question_answered_from_the_camera(camera_server, he
     assert s["conversation"][0]["role"] == "user"
     assert s["conversation"][1]["role"] == "assistant"
     assert not s["errors"], s["errors"]
-    # the turn went to the multimodal model with the camera's frame
-    assert await model_successes(heavy_triton.http_url, "vlm") >= before + 1
+    assert answered >= before + 1

@@ -260,7 +260,7 @@ async def test_session_update_maps_eagerness_onto_the_policy_and_back():
 
 
 # -- languages ---------------------------------------------------------------------------
-def test_multilingual_whisper_for_any_language_but_english():
+async def test_multilingual_whisper_for_any_language_but_english():
     assert [multilingual_stt(x) for x in (None, "", "en", "en-US", "hi", "auto", "ta")] == \
         [False, False, False, False, True, True, True]
     router = ModelRouter("a:1", {"stt": "stt-host:1"})
