@@ -11,6 +11,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import urllib.error
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
@@ -29,14 +30,21 @@ def api_key() -> str | None:
 
 def wait_http(url: str, timeout: float) -> None:
     deadline = time.monotonic() + timeout
+    last = ""
     while time.monotonic() < deadline:
         try:
             with urllib.request.urlopen(url, timeout=1) as r:
                 if r.status == 200:
                     return
+        except urllib.error.HTTPError as exc:  # e.g. /readyz 503 with its reasons
+            last = exc.read(2000).decode(errors="replace")
+            time.sleep(0.2)
         except OSError:
             time.sleep(0.2)
-    raise RuntimeError(f"{url} not ready after {timeout} s")
+    hint = (" (is the model store filled? AI_MODELS_DIR, `rtmedia models install-defaults`)"
+            if "not ready" in last or "missing" in last else "")
+    raise RuntimeError(f"{url} not ready after {timeout} s: {last.strip() or 'no answer'}"
+                       + hint)
 
 
 @contextlib.contextmanager
