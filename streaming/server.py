@@ -46,6 +46,23 @@ MAX_BODY_BYTES = 1 << 20
 WS_HEARTBEAT_S = 20.0
 
 
+async def claim_session(settings: Settings, store: StateStore,
+                        sessions: set) -> tuple[object | None, int | None]:
+    """Room for one more session: this process's limit, then the one of all replicas
+    together (a slot held in the shared store). ``(slot, None)`` when it may start;
+    ``(None, limit)`` when it is refused at ``limit`` (counted in the metrics)."""
+    slot, limit = None, settings.max_sessions
+    at_limit = len(sessions) >= limit
+    if not at_limit and settings.global_max_sessions:  # all replicas together
+        slot = await store.acquire_slot(settings.global_max_sessions)
+        at_limit, limit = slot is None, settings.global_max_sessions
+    if not at_limit:
+        return slot, None
+    M.SESSIONS_REFUSED.inc()
+    M.ERRORS.labels("session_limit").inc()
+    return None, limit
+
+
 def hard_message_cap(settings: Settings) -> int:
     """Bytes of one WebSocket message (aiohttp counts the frame's UTF-8 bytes): between
     max_message_bytes and this the client gets an error event and the session goes on,
@@ -281,14 +298,8 @@ async def realtime_ws(request: web.Request) -> web.StreamResponse:
     beta = ("realtime=v1" in request.headers.get("OpenAI-Beta", "")
             or "openai-beta.realtime-v1" in offered)
     store: StateStore = request.app[STATE]
-    slot, limit = None, settings.max_sessions
-    at_limit = len(sessions) >= limit
-    if not at_limit and settings.global_max_sessions:  # all replicas together
-        slot = await store.acquire_slot(settings.global_max_sessions)
-        at_limit, limit = slot is None, settings.global_max_sessions
-    if at_limit:
-        M.SESSIONS_REFUSED.inc()
-        M.ERRORS.labels("session_limit").inc()
+    slot, limit = await claim_session(settings, store, sessions)
+    if limit is not None:
         await ws.send_json({"type": "error", "event_id": "event_refused", "error": {
             "type": "server_error", "code": "session_limit",
             "message": f"the server is at its limit of {limit} concurrent "
@@ -467,14 +478,8 @@ async def realtime_call(request: web.Request) -> web.Response:
                                             "store; run `rtmedia models install-defaults`"}},
                                  status=503)
     store: StateStore = request.app[STATE]
-    slot, limit = None, settings.max_sessions
-    at_limit = len(sessions) >= limit
-    if not at_limit and settings.global_max_sessions:  # all replicas together
-        slot = await store.acquire_slot(settings.global_max_sessions)
-        at_limit, limit = slot is None, settings.global_max_sessions
-    if at_limit:
-        M.SESSIONS_REFUSED.inc()
-        M.ERRORS.labels("session_limit").inc()
+    slot, limit = await claim_session(settings, store, sessions)
+    if limit is not None:
         return web.json_response({"error": {"code": "session_limit", "message":
                                             f"the server is at its limit of "
                                             f"{limit} sessions"}}, status=503)
