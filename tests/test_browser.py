@@ -244,7 +244,10 @@ BARGE_IN_PROBE = """(() => {
       const tick = () => {
         analyser.getFloatTimeDomainData(data);
         let sum = 0; for (const v of data) sum += v * v;
-        rec.audio.push([performance.now(), Math.sqrt(sum / data.length)]);
+        // what the user hears: the page silences the jitter buffer's tail after a clear
+        const voice = document.getElementById("voice");
+        const heard = voice && voice.muted ? 0 : Math.sqrt(sum / data.length);
+        rec.audio.push([performance.now(), heard, Math.sqrt(sum / data.length)]);
         requestAnimationFrame(tick);
       };
       tick();
@@ -356,6 +359,12 @@ async def test_barge_in_stops_the_avatar(media_server, tmp_path, artifacts):
           f"{[(round(t - t_ss), ev['type']) for t, ev in events if t_ss <= t < t_next]}")
     assert t_next - t_ss >= 1000, "the next reply started too soon to judge the silence"
     assert stop_ms <= 300, f"the avatar was still talking {stop_ms:.0f} ms after the user began"
+    # and the server really stopped sending: the track itself (the jitter buffer's tail
+    # included, which the page mutes) falls silent too
+    track = window[window[:, 2] >= SILENT]
+    track_ms = (track[-1, 0] if track.size else t_ss) - t_ss
+    print(f"barge-in: the received track itself silent {track_ms:.0f} ms after speech_started")
+    assert track_ms <= 1000, f"the server sent reply audio {track_ms:.0f} ms after the clear"
 
     # The server says so: reply audio cleared, the assistant item truncated where it was.
     t_cleared, _ = first("output_audio_buffer.cleared", after=t_ss - 1)

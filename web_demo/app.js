@@ -443,6 +443,7 @@ function onEvent(ev) {
       break;
     case "response.created":
       assistantEl = null; responseOpen = true;
+      $("voice").muted = false;  // a new reply: its audio is behind the stale tail
       if (state.phase !== "interrupted") setPhase("thinking");
       break;
     case "response.output_audio_transcript.delta":
@@ -470,6 +471,9 @@ function onEvent(ev) {
       }
       break;
     case "output_audio_buffer.cleared":
+      // The server dropped the rest of the reply, but the browser's jitter buffer still
+      // holds up to a few hundred ms of it (more on a loaded network): silence it here.
+      $("voice").muted = true;
       if (speaking || state.phase === "speaking") setPhase("interrupted");
       break;
     case "error":
