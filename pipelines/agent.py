@@ -129,7 +129,7 @@ class VoiceAgent:
         self.sink = sink or PacedDeltaSink(self.frames.put_nowait, rate=self.config.output_rate,
                                            clock=clock)
         self.playout = Playout(self.sink)
-        self.responder = Responder(services.llm, services.tts)
+        self.responder = Responder(services.llm, services.tts, session_id or None)
         self._utt: Utterance | None = None
         self._utterances: set[Utterance] = set()  # still transcribing, for close()
         self._response: asyncio.Task | None = None

@@ -57,8 +57,9 @@ _DONE = object()
 
 
 class Responder:
-    def __init__(self, llm: LLM, tts: TTS):
+    def __init__(self, llm: LLM, tts: TTS, conversation: str | None = None):
         self.llm, self.tts = llm, tts
+        self.conversation = conversation  # names this session's prompt state in the LLM
 
     async def run(self, messages: list[dict], options: ReplyOptions
                   ) -> AsyncIterator[TextOut | AudioOut | ToolCallsOut]:
@@ -93,7 +94,8 @@ class Responder:
                 tools = {"tools": [t.chat_format() for t in options.tools],
                          "tool_choice": options.tool_choice}
             gen = self.llm.chat(messages, max_tokens=options.max_tokens,
-                                temperature=options.temperature, seed=options.seed, **tools)
+                                temperature=options.temperature, seed=options.seed,
+                                conversation=self.conversation, **tools)
             calls: list[dict] = []
             async with contextlib.aclosing(gen):
                 async for tok in gen:

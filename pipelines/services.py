@@ -110,12 +110,16 @@ class Token:
 async def chat(client: TritonClient, messages: list[dict], *, model: str = "llm",
                max_tokens: int = 256, temperature: float | None = None,
                seed: int | None = None, ignore_eos: bool = False,
-               tools: list[dict] | None = None, tool_choice: str = "auto"
-               ) -> AsyncIterator[Token]:
+               tools: list[dict] | None = None, tool_choice: str = "auto",
+               conversation: str | None = None) -> AsyncIterator[Token]:
     """Stream LLM tokens; closing the iterator early cancels generation in Triton.
-    ``tools`` (chat format) let the model answer with calls (``Token.tool_calls``)."""
+    ``tools`` (chat format) let the model answer with calls (``Token.tool_calls``);
+    ``conversation`` (e.g. the session id) lets the model replace that conversation's
+    saved prompt state instead of keeping every version of it."""
     inputs: dict = {"MESSAGES": json.dumps(messages),
                     "MAX_TOKENS": np.array([max_tokens], dtype=np.int32)}
+    if conversation:
+        inputs["CONVERSATION_ID"] = conversation
     if tools:
         inputs["TOOLS"] = json.dumps(tools)
         inputs["TOOL_CHOICE"] = tool_choice
@@ -148,7 +152,8 @@ class STT(Protocol):
 class LLM(Protocol):
     def chat(self, messages: list[dict], *, max_tokens: int, temperature: float | None,
              seed: int | None, tools: list[dict] | None = None,
-             tool_choice: str = "auto") -> AsyncIterator[Token]: ...
+             tool_choice: str = "auto", conversation: str | None = None
+             ) -> AsyncIterator[Token]: ...
 
 
 class TTS(Protocol):
@@ -184,11 +189,12 @@ class TritonLLM:
 
     def chat(self, messages: list[dict], *, max_tokens: int, temperature: float | None,
              seed: int | None, tools: list[dict] | None = None,
-             tool_choice: str = "auto") -> AsyncIterator[Token]:
+             tool_choice: str = "auto", conversation: str | None = None
+             ) -> AsyncIterator[Token]:
         route = self.router.route("agent")
         return chat(route.client, messages, model=route.model, max_tokens=max_tokens,
                     temperature=temperature, seed=seed, tools=tools,
-                    tool_choice=tool_choice)
+                    tool_choice=tool_choice, conversation=conversation)
 
 
 @dataclass

@@ -151,12 +151,14 @@ class VisionRoutingLLM:
     on_loading: Callable[[], Awaitable[None]] | None = None
 
     def chat(self, messages: list[dict], *, max_tokens: int, temperature: float | None,
-             seed: int | None, **tools) -> AsyncIterator[Token]:
+             seed: int | None, conversation: str | None = None,
+             **tools) -> AsyncIterator[Token]:
         if current_turn_has_images(messages):
             return self._vision(messages, max_tokens=max_tokens, temperature=temperature,
                                 seed=seed)
         return self.llm.chat(text_messages(messages), max_tokens=max_tokens,
-                             temperature=temperature, seed=seed, **tools)
+                             temperature=temperature, seed=seed,
+                             conversation=conversation, **tools)
 
     async def _vision(self, messages: list[dict], **opts) -> AsyncIterator[Token]:
         shaped, images = vision_messages(messages)

@@ -133,6 +133,7 @@ class FakeLLM:
         self.reply = reply
         self.first_token_s, self.token_s = first_token_s, token_s
         self.requests: list[list[dict]] = []
+        self.conversations: list[str | None] = []  # the conversation id of each request
         self.tool_requests: list[tuple[list[dict] | None, str]] = []
         self.tool_calls: list[list[dict]] = []
         self.call_text = ""
@@ -143,8 +144,10 @@ class FakeLLM:
     async def chat(self, messages: list[dict], *, max_tokens: int,
                    temperature: float | None, seed: int | None,
                    tools: list[dict] | None = None,
-                   tool_choice: str = "auto") -> AsyncIterator[Token]:
+                   tool_choice: str = "auto",
+                   conversation: str | None = None) -> AsyncIterator[Token]:
         self.requests.append(messages)
+        self.conversations.append(conversation)
         self.tool_requests.append((tools, tool_choice))
         calls = self.tool_calls.pop(0) if tools and self.tool_calls else []
         text = self.call_text if calls else self.reply

@@ -83,7 +83,7 @@ def test_vad_ignores_a_click_and_keeps_only_the_preroll():
 async def test_turn_transcript_reply_and_history():
     clock = FakeClock()
     metrics = []
-    agent, _services = make_agent(clock)
+    agent, services = make_agent(clock)
     agent._on_metric = lambda stage, v: metrics.append(stage)
     await feed(agent, clock, np.concatenate([speech(1.0), silence(0.6)]))
     await clock.advance(5)
@@ -102,6 +102,8 @@ async def test_turn_transcript_reply_and_history():
     assert [(i.role, i.text) for i in agent.conversation.items] == [
         ("user", "one two three four"), ("assistant", "Sure. The answer is forty two.")]
     assert sorted(set(metrics)) == ["first_audio", "first_token", "stt_final"]
+    # the LLM knows whose conversation it is (one saved prompt state per session)
+    assert services.llm.conversations == ["sess_unit"]
     await agent.close()
 
 

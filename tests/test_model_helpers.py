@@ -352,3 +352,57 @@ def test_budget_when_the_generator_stops_at_its_own_limit():
     assert not budget.done
     # " Of" went out before the margin; " it is" is held and dropped.
     assert budget.finish(model_stopped=False) == "" and budget.reason == "length"
+
+
+# -- the LLM's prompt cache: one saved state per conversation ----------------------------
+@dataclass
+class _State:
+    llama_state_size: int = 1000
+
+
+def _llm_cache(tmp_path, monkeypatch, capacity: int = 1 << 30):
+    render_repository(tmp_path / "repo", "cpu")
+    module = _import_model(tmp_path / "repo" / "agent" / "llm" / "1" / "model.py", monkeypatch)
+    return module.conversation_cache(capacity)
+
+
+def _turns(cache, conversation: str | None, histories: list[list[int]]) -> None:
+    """Each history as one turn would: look up its prefix, then save prompt + reply."""
+    for tokens in histories:
+        cache.begin(conversation)
+        if tokens in cache:
+            cache[tokens]
+        cache[[*tokens, 9, 9]] = _State()
+
+
+def test_prompt_cache_keeps_a_conversations_newest_state_after_its_history_is_cut(
+        tmp_path, monkeypatch):
+    system = list(range(100, 140))  # the instructions every session shares
+    long = system + list(range(1, 60))
+    cut = system + list(range(40, 70))  # the client halved its history: little is shared
+    for conversation in ("session-a", None):
+        cache = _llm_cache(tmp_path, monkeypatch)
+        _turns(cache, conversation, [long, [*long, 1, 2, 3], cut, [*cut, 4, 5]])
+        if conversation:  # named: the old version goes when the new one is saved
+            assert list(cache.cache_state) == [tuple([*cut, 4, 5, 9, 9])]
+        else:  # unnamed: only extensions replace their source
+            assert len(cache.cache_state) == 2
+
+
+def test_prompt_cache_never_drops_another_conversations_state(tmp_path, monkeypatch):
+    system = list(range(100, 140))
+    cache = _llm_cache(tmp_path, monkeypatch)
+    _turns(cache, "a", [[*system, 1, 2]])
+    _turns(cache, "b", [[*system, 1, 2, 3]])  # served from a's state (longest prefix)
+    _turns(cache, "a", [[*system, 1, 2, 9, 9, 5]])
+    assert set(cache.cache_state) == {tuple([*system, 1, 2, 3, 9, 9]),
+                                      tuple([*system, 1, 2, 9, 9, 5, 9, 9])}
+    assert cache.conversations() == 2
+
+
+def test_prompt_cache_forgets_ids_of_evicted_states(tmp_path, monkeypatch):
+    cache = _llm_cache(tmp_path, monkeypatch, capacity=5 * 1000)
+    for i in range(100):
+        _turns(cache, f"session-{i}", [[i, i + 1, i + 2]])
+    assert len(cache.cache_state) == 5
+    assert cache.conversations() <= 2 * 5 + 16 + 1
