@@ -181,6 +181,10 @@ def stub_environment(settings: Settings) -> dict[str, str]:
     # Keep numerical libraries from oversubscribing a small machine: each model
     # sets its own thread count from its config.
     env.setdefault("OMP_NUM_THREADS", "1")
+    # Buffers of 1 MB and more straight from mmap, back to the OS when freed: glibc's
+    # adaptive threshold moves big per-request buffers (LLM states, audio, tensors)
+    # into the heap, which fragments and only grows over a long run (see the soak).
+    env.setdefault("MALLOC_MMAP_THRESHOLD_", str(1 << 20))
     return env
 
 

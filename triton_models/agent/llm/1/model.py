@@ -16,6 +16,7 @@ model must write a call with arguments of the declared shape.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import queue
@@ -93,6 +94,21 @@ def lean_llama_class():
     return LeanLlama
 
 
+def _free_large_buffers_to_the_os() -> None:
+    """Saved states are 10-40 MB buffers, one allocated and one freed every turn. glibc
+    raises its mmap threshold to the size of a freed mmapped block, so after the first
+    turns they come from the heap, which fragments: with 3 states (~30 MB) cached, the
+    process grew 452 -> 625 MB over 100 turns; with a fixed 1 MB threshold it stays at
+    ~475 MB. (mallopt is glibc's; elsewhere this does nothing.)"""
+    import ctypes
+    import ctypes.util
+
+    m_mmap_threshold = -3
+    with contextlib.suppress(OSError, AttributeError, TypeError):
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        libc.mallopt(m_mmap_threshold, 1 << 20)
+
+
 def conversation_cache(capacity_bytes: int):
     """A RAM prompt cache that keeps about one state per conversation.
 
@@ -101,6 +117,8 @@ def conversation_cache(capacity_bytes: int):
     once instead of filling the capacity: memory follows the live sessions.
     """
     from llama_cpp import Llama, LlamaRAMCache
+
+    _free_large_buffers_to_the_os()
 
     class ConversationCache(LlamaRAMCache):
         """Shared by the instance's contexts (one thread each): locked, and the state a
