@@ -166,8 +166,12 @@ async def run(url: str, args, pids: dict[str, int]) -> dict:
     result: dict = {"sessions": args.sessions, "minutes": minutes}
     if memory:
         first = next((s for s in memory if s["t"] >= start + 60), memory[0])
+        # halfway: growth in the second half tells a leak from a warm-up (prompt states
+        # and buffers grow until histories reach their cap in the first minutes)
+        half = next((s for s in memory if s["t"] >= start + args.minutes * 30), first)
         last = memory[-1]
         result["rss_mb"] = {name: {"after_1_min": round(first.get(name) or 0),
+                                   "halfway": round(half.get(name) or 0),
                                    "end": round(last.get(name) or 0)}
                             for name in last if name != "t"}
     first_med, last_med = minutes[0]["median_ms"], minutes[-1]["median_ms"]
@@ -205,8 +209,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"last minute / first minute median: {result['last_over_first_minute']}")
     for name, v in result.get("rss_mb", {}).items():
         growth = (v["end"] / v["after_1_min"] - 1) * 100 if v["after_1_min"] else 0
-        print(f"RSS {name}: {v['after_1_min']} MB after 1 min -> {v['end']} MB "
-              f"({growth:+.0f} %)")
+        second = (v["end"] / v["halfway"] - 1) * 100 if v["halfway"] else 0
+        print(f"RSS {name}: {v['after_1_min']} MB after 1 min -> {v['halfway']} MB halfway "
+              f"-> {v['end']} MB ({growth:+.0f} %; second half {second:+.0f} %)")
     return 0
 
 
