@@ -6,6 +6,7 @@ batching and stable-prefix commits buy.
     rtmedia bench capacity --long-stream [--minutes 5]
     rtmedia bench capacity --finals
     rtmedia bench capacity --tts [--tts-levels 1 2 4 8] [--tts-workers 1 2 4]
+    rtmedia bench capacity --chain
 
 The ramp (default) starts a local Triton and the media server (or uses --url) and
 adds sessions streaming espeak-ng speech at real-time pace until the median caption
@@ -25,8 +26,10 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import os
+import statistics
 import sys
 import time
 from pathlib import Path
@@ -380,6 +383,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--tts-workers", type=int, nargs="*", default=[1, 2, 4])
     p.add_argument("--finals", action="store_true", help="END -> final latency: last "
                                                         "partial reused vs decoded again")
+    p.add_argument("--chain", action="store_true", help="one turn's speculative chain, "
+                   "stage by stage: STT final, LLM first clause, TTS first audio")
     p.add_argument("--long-stream", action="store_true")
     p.add_argument("--minutes", type=float, default=5.0)
     p.add_argument("--models-dir", type=Path,
@@ -400,7 +405,9 @@ def main(argv: list[str] | None = None) -> int:
         results["finals"] = final_latency(args.models_dir)
     if args.tts:
         results["tts"] = tts_concurrency(args.models_dir, args.tts_levels, args.tts_workers)
-    if not (args.batch_gain or args.long_stream or args.tts or args.finals) \
+    if args.chain:
+        results["chain"] = turn_chain(args.models_dir)
+    if not (args.batch_gain or args.long_stream or args.tts or args.finals or args.chain) \
             or args.captions or args.agents:
         kinds = [k for k, on in (("captions", args.captions), ("agents", args.agents)) if on] \
             or ["captions", "agents"]
@@ -529,3 +536,87 @@ def tts_concurrency(models_dir: Path, levels: list[int], workers: list[int]) -> 
             wait_s=240):
         asyncio.run(measure())
     return out
+
+
+# -- one turn's chain: where a single session's first audio goes --------------------------
+CHAIN_QUESTIONS = ["What is the capital of France?", "How far away is the moon from the earth?",
+                   "Can you recommend a good book to read this weekend?",
+                   "Why is the sky blue?"]
+
+
+async def _chain_turn(client, question: str) -> dict[str, float]:
+    from pipelines.clauses import ClauseSplitter
+    from pipelines.services import STTStream, chat, synthesize
+    from pipelines.speech import espeak_speech
+
+    audio = espeak_speech(question)
+    spoken = audio.size - int(0.2 * RATE)  # the question, less most of its silence
+    stt = STTStream(client)
+    try:
+        for i in range(0, spoken, 1600):  # 100 ms chunks, as the media server sends
+            await stt.push(audio[i:min(i + 1600, spoken)])
+        t = time.perf_counter()
+        out = await stt.push(np.zeros(1600, np.float32), end=True)
+        row = {"stt_final": time.perf_counter() - t}
+    finally:
+        await stt.close()
+    messages = [{"role": "system", "content": "You are a helpful voice assistant. Answer "
+                 "in one short sentence."},
+                {"role": "user", "content": out[-1].text if out else question}]
+    splitter, clause = ClauseSplitter(), ""
+    t = time.perf_counter()
+    gen = chat(client, messages, max_tokens=60)
+    async with contextlib.aclosing(gen):
+        async for tok in gen:
+            if tok.text and "llm_first_token" not in row:
+                row["llm_first_token"] = time.perf_counter() - t
+            clauses = splitter.push(tok.text) if tok.text else []
+            if clauses:
+                clause = clauses[0]
+                break
+    clause = clause or "".join(splitter.flush())
+    row["llm_first_clause"] = time.perf_counter() - t
+    t = time.perf_counter()
+    gen = synthesize(client, clause)
+    async with contextlib.aclosing(gen):
+        async for _ in gen:
+            row["tts_first_audio"] = time.perf_counter() - t
+            break
+    return row
+
+
+def turn_chain(models_dir: Path, rounds: int = 3) -> dict:
+    """The parts of one turn's speculative chain (what must finish between the VAD's
+    pause and the first audio), each timed alone on a quiet Triton: the STT final of
+    a question, the LLM's first clause (what goes to TTS first), piper's first audio
+    for that clause. Medians and maxima over ``rounds`` x 4 questions."""
+    import tempfile
+
+    from bench.stack import free_port
+    from pipelines.triton_client import TritonClient
+    from streaming.settings import Settings
+    from streaming.triton_server import TritonServer
+
+    s = Settings.from_env().replace(
+        models_dir=models_dir, triton_http_port=free_port(), triton_grpc_port=free_port(),
+        triton_metrics_port=free_port(),
+        state_dir=Path(tempfile.mkdtemp(prefix="rtmedia-capacity-")))
+    rows: list[dict] = []
+
+    async def measure(url: str) -> None:
+        client = TritonClient(url)
+        try:
+            await _chain_turn(client, CHAIN_QUESTIONS[0])  # warm
+            for _ in range(rounds):
+                for q in CHAIN_QUESTIONS:
+                    rows.append(await _chain_turn(client, q))
+        finally:
+            await client.close()
+
+    triton = TritonServer(s, models=[s.stt_model, s.tts_model, s.llm_model],
+                          log_path=s.state_dir / "triton.log")
+    with triton.start(wait_s=300):
+        asyncio.run(measure(triton.grpc_url))
+    return {k: {"median_ms": round(statistics.median(r[k] for r in rows) * 1000),
+                "max_ms": round(max(r[k] for r in rows) * 1000)}
+            for k in ("stt_final", "llm_first_token", "llm_first_clause", "tts_first_audio")}

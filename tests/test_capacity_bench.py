@@ -46,3 +46,13 @@ def test_cpu_seconds_counts_this_process():
     spent = _cpu_seconds([os.getpid()])
     sum(i * i for i in range(2_000_000))
     assert _cpu_seconds([os.getpid()]) > spent > 0
+
+
+async def test_the_chain_bench_times_each_stage_of_a_turn_on_the_real_models(client):
+    from bench.capacity import _chain_turn
+
+    row = await _chain_turn(client, "What is the capital of France?")
+    assert set(row) == {"stt_final", "llm_first_token", "llm_first_clause",
+                        "tts_first_audio"}
+    assert all(0 < v < 60 for v in row.values()), row
+    assert row["llm_first_token"] <= row["llm_first_clause"]
