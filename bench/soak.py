@@ -42,14 +42,15 @@ def rss_mb(pid: int) -> float | None:
 
 
 def process_tree(pids: dict[str, int]) -> dict[str, int]:
-    """The named processes plus tritonserver's python-backend stubs, named by model."""
+    """The named processes plus tritonserver's python-backend stubs, named by model (a
+    model's second instance as ``stub:NAME#2``, in pid order)."""
     out = dict(pids)
     triton = pids.get("tritonserver")
     if triton is None:
         return out
-    for proc in Path("/proc").iterdir():
-        if not proc.name.isdigit():
-            continue
+    procs = sorted((p for p in Path("/proc").iterdir() if p.name.isdigit()),
+                   key=lambda p: int(p.name))
+    for proc in procs:
         try:
             ppid = int((proc / "stat").read_text().rsplit(")", 1)[1].split()[1])
             if ppid != triton:
@@ -58,8 +59,11 @@ def process_tree(pids: dict[str, int]) -> dict[str, int]:
         except (OSError, IndexError, ValueError):
             continue
         model = next((a.decode() for a in args if a.endswith(b"model.py")), "")
-        name = Path(model).parent.parent.name if model else proc.name
-        out[f"stub:{name}"] = int(proc.name)
+        name = f"stub:{Path(model).parent.parent.name if model else proc.name}"
+        n = 1
+        while (f"{name}#{n}" if n > 1 else name) in out:
+            n += 1
+        out[f"{name}#{n}" if n > 1 else name] = int(proc.name)
     return out
 
 

@@ -56,3 +56,22 @@ async def test_the_chain_bench_times_each_stage_of_a_turn_on_the_real_models(cli
                         "tts_first_audio"}
     assert all(0 < v < 60 for v in row.values()), row
     assert row["llm_first_token"] <= row["llm_first_clause"]
+
+
+def test_soak_names_each_instance_of_a_models_stub(tmp_path):
+    import subprocess
+    import sys
+
+    from bench.soak import process_tree
+
+    model = tmp_path / "whisper" / "1" / "model.py"  # as the python backend's stub args
+    children = [subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)",
+                                  str(model)]) for _ in range(2)]
+    try:
+        tree = process_tree({"tritonserver": os.getpid()})
+    finally:
+        for child in children:
+            child.kill()
+            child.wait()
+    first, second = sorted(children, key=lambda c: c.pid)
+    assert tree["stub:whisper"] == first.pid and tree["stub:whisper#2"] == second.pid
