@@ -373,6 +373,10 @@ class TritonServer:
             backoff = 1.0
 
     def __enter__(self) -> TritonServer:
+        # `with server.start(wait_s=...)`: already running, so not a second process
+        # (which used to replace the first in self.proc and leave it running)
+        if self.proc is not None and self.proc.poll() is None:
+            return self
         return self.start()
 
     def __exit__(self, *exc: object) -> None:

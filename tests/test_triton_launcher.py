@@ -116,6 +116,10 @@ async def test_stop_after_requests_and_an_open_sequence_is_graceful(model_store,
     await asyncio.to_thread(server.start, wait_s=240)
     try:
         assert server.loaded == SESSION_MODELS, server.failed
+        # `with server.start(...)` (the benches) enters a running server: no second
+        # process (one used to replace the first in server.proc and outlive the bench)
+        first = server.proc
+        assert server.__enter__() is server and server.proc is first
         client = TritonClient(server.grpc_url)
         try:
             assert [c async for c in synthesize(client, "Hello there.")]
