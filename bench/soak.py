@@ -59,11 +59,12 @@ def process_tree(pids: dict[str, int]) -> dict[str, int]:
         except (OSError, IndexError, ValueError):
             continue
         model = next((a.decode() for a in args if a.endswith(b"model.py")), "")
-        name = f"stub:{Path(model).parent.parent.name if model else proc.name}"
-        n = 1
-        while (f"{name}#{n}" if n > 1 else name) in out:
+        base = f"stub:{Path(model).parent.parent.name if model else proc.name}"
+        name, n = base, 1
+        while name in out:  # the model's next instance
             n += 1
-        out[f"{name}#{n}" if n > 1 else name] = int(proc.name)
+            name = f"{base}#{n}"
+        out[name] = int(proc.name)
     return out
 
 

@@ -244,10 +244,10 @@ BARGE_IN_PROBE = """(() => {
       const tick = () => {
         analyser.getFloatTimeDomainData(data);
         let sum = 0; for (const v of data) sum += v * v;
+        const level = Math.sqrt(sum / data.length);
         // what the user hears: the page silences the jitter buffer's tail after a clear
         const voice = document.getElementById("voice");
-        const heard = voice && voice.muted ? 0 : Math.sqrt(sum / data.length);
-        rec.audio.push([performance.now(), heard, Math.sqrt(sum / data.length)]);
+        rec.audio.push([performance.now(), voice && voice.muted ? 0 : level, level]);
         requestAnimationFrame(tick);
       };
       tick();
