@@ -74,6 +74,7 @@ def load_whisper(models_dir: Path, weights: str = "stt/whisper-tiny.en", threads
 def _settings(ws, **kw):
     """The model's settings for this device (config.pbtxt: one 30 s group on a GPU)."""
     return ws.WhisperSettings(english_only=True, bucket_s=30.0 if DEVICE == "cuda" else 1.0,
+                              encoder_rows=0 if DEVICE == "cuda" else 1,
                               **kw)
 
 
@@ -160,9 +161,10 @@ def long_stream(models_dir: Path, minutes: float) -> dict:
 # -- batching gain: N concurrent caption streams, batched vs one at a time ----------------
 def batch_gain(models_dir: Path, streams: int, seconds: float = 30.0) -> dict:
     """Every 100 ms each stream sends a chunk; one tick's chunks go to the model as one
-    Triton batch would. Audio seconds transcribed per CPU second, max_batch 16 vs 1."""
+    Triton batch would. Audio seconds transcribed per CPU second, max_batch 16 vs 1, on
+    one thread (one CPU instance of the model)."""
     ws = _common()
-    model = load_whisper(models_dir)
+    model = load_whisper(models_dir, threads=1)
     audio, _ = speech_stream(seconds + streams * 2.0)
     step = RATE // 10
     out: dict = {"streams": streams, "audio_s_per_stream": seconds}

@@ -177,8 +177,10 @@ def tiny(model_store):
                         compute_type="int8", cpu_threads=2, local_files_only=True)
 
 
-def test_batched_decode_equals_alone_on_the_real_model(tiny, speech):
-    dec = BatchedWhisper(tiny, WhisperSettings(english_only=True))
+@pytest.mark.parametrize("encoder_rows", [1, 0], ids=["rows_encoded_one_by_one",
+                                                     "one_encoder_call"])
+def test_batched_decode_equals_alone_on_the_real_model(tiny, speech, encoder_rows):
+    dec = BatchedWhisper(tiny, WhisperSettings(english_only=True, encoder_rows=encoder_rows))
     # two copies of each length class: the batch has groups of several rows
     windows = speech + [s[: s.size * 2 // 3] for s in speech]
     langs = ["en"] * len(windows)

@@ -70,6 +70,8 @@ class TritonPythonModel:
             # a GPU encodes a padded 30 s window about as fast as a short one: one group
             bucket_s=float(_param(cfg, "gpu_batch_bucket_s" if gpu else "batch_bucket_s",
                                   "30" if gpu else "1")),
+            encoder_rows=int(_param(cfg, "gpu_encoder_rows" if gpu else "encoder_rows",
+                                    "0" if gpu else "1")),
         )
         self.transcriber = StreamingTranscriber(BatchedWhisper(model, settings), settings)
         # Warm up so the first user does not pay for lazy initialisation.
