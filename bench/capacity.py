@@ -400,6 +400,10 @@ def main(argv: list[str] | None = None) -> int:
 
     results: dict = {}
     if args.batch_gain:
+        if os.environ.get("OMP_NUM_THREADS") != "1":  # read when numpy loads: too late here
+            print("note: OMP_NUM_THREADS is not 1, so numpy's BLAS threads spin and count "
+                  "as CPU time; the model stubs run with 1 (OMP_NUM_THREADS=1 rtmedia bench "
+                  "capacity --batch-gain)", file=sys.stderr)
         results["batch_gain"] = batch_gain(args.models_dir, args.streams)
     if args.long_stream:
         results["long_stream"] = long_stream(args.models_dir, args.minutes)

@@ -23,7 +23,6 @@ import queue
 import re
 import sys
 import threading
-from collections import deque
 from pathlib import Path
 
 import numpy as np
@@ -110,14 +109,6 @@ def _free_large_buffers_to_the_os() -> None:
         libc.mallopt(m_mmap_threshold, 1 << 20)
 
 
-class CacheTurn:
-    """A reply's conversation and the key of the cached state it was loaded from."""
-
-    def __init__(self, conversation: str | None = None) -> None:
-        self.conversation = conversation
-        self.served_from: tuple | None = None
-
-
 def conversation_cache(capacity_bytes: int):
     """A RAM prompt cache that keeps about one state per conversation.
 
@@ -130,9 +121,8 @@ def conversation_cache(capacity_bytes: int):
     _free_large_buffers_to_the_os()
 
     class ConversationCache(LlamaRAMCache):
-        """Shared by the instance's contexts, whose replies take turns on one thread:
-        ``turn`` (the conversation a reply belongs to and the state it was served
-        from) is set to the reply's own before each of its steps.
+        """Shared by the instance's contexts (one thread each): locked, and the state a
+        turn was served from and the conversation it belongs to are kept per thread.
 
         A conversation keeps one saved state: its newest. With a conversation id (the
         request's CONVERSATION_ID) the previous state of that id is dropped on save.
@@ -144,13 +134,13 @@ def conversation_cache(capacity_bytes: int):
         def __init__(self, capacity_bytes: int) -> None:
             super().__init__(capacity_bytes)
             self._lock = threading.RLock()
-            self.turn = CacheTurn()
+            self._turn = threading.local()
             self._latest: dict[str, tuple] = {}  # conversation id -> its saved state's key
 
-        def begin(self, conversation: str | None) -> CacheTurn:
-            """A new reply of this conversation: its turn, made the current one."""
-            self.turn = CacheTurn(conversation)
-            return self.turn
+        def begin(self, conversation: str | None) -> None:
+            """The calling thread's next turn belongs to this conversation."""
+            self._turn.conversation = conversation
+            self._turn.served_from = None
 
         def __contains__(self, key) -> bool:
             with self._lock:
@@ -158,13 +148,13 @@ def conversation_cache(capacity_bytes: int):
 
         def __getitem__(self, key):
             with self._lock:
-                self.turn.served_from = self._find_longest_prefix_key(tuple(key))
+                self._turn.served_from = self._find_longest_prefix_key(tuple(key))
                 return super().__getitem__(key)
 
         def __setitem__(self, key, value) -> None:
-            key, old = tuple(key), self.turn.served_from
-            conversation = self.turn.conversation
-            self.turn.served_from = None
+            key, old = tuple(key), getattr(self._turn, "served_from", None)
+            conversation = getattr(self._turn, "conversation", None)
+            self._turn.served_from = None
             with self._lock:
                 if conversation:
                     old = self._latest.pop(conversation, None)
@@ -187,9 +177,6 @@ def conversation_cache(capacity_bytes: int):
 
 
 class TritonPythonModel:
-    def __init__(self) -> None:
-        self._queue: queue.Queue = queue.Queue()  # requests for the decode loop
-
     def initialize(self, args: dict) -> None:
 
         cfg = json.loads(args["model_config"])
@@ -200,16 +187,20 @@ class TritonPythonModel:
             raise pb_utils.TritonModelException(
                 f"no .gguf in {folder}; run `rtmedia models install-defaults`")
         gpu = args.get("model_instance_kind") == "GPU"
-        # `parallel` contexts of one model take turns a token at a time: a turn that
-        # ends while another session's reply is being generated starts at once instead
-        # of waiting for that reply to finish (the 1.3-1.4 s minutes of the 3-session
-        # soak). On CPU the contexts share the mmapped weights; on a GPU each would hold
-        # a copy, so "auto" means one there (continuous batching is the GPU backends'
-        # job). Three on CPU: with two, the third of three sessions waited for a whole
-        # reply now and then (first audio p95 2.0 s at 3 sessions, 0.75 s with three).
+        # `parallel` contexts of one model, a worker thread each, share the CPU threads:
+        # a turn that ends while another session's reply is being generated starts at
+        # once instead of waiting for that reply to finish (the 1.3-1.4 s minutes of
+        # the 3-session soak). Each context uses n_threads / (replies running). On CPU
+        # the contexts share the mmapped weights; on a GPU each would hold a copy, so
+        # "auto" means one there (continuous batching is the GPU backends' job). Three
+        # on CPU: with two, the third of three sessions waited for a whole reply now
+        # and then (first audio p95 2.0 s at 3 sessions, 0.75 s with three contexts).
         self.threads = int(_param(cfg, "n_threads", "2"))
         parallel = _param(cfg, "parallel", "auto")
         self.parallel = (1 if gpu else 3) if parallel == "auto" else max(1, int(parallel))
+        self._running = 0
+        self._running_lock = threading.Lock()
+        self._local = threading.local()
         self.contexts = [lean_llama_class()(
             model_path=str(ggufs[0]),
             n_ctx=int(_param(cfg, "n_ctx", "2048")),
@@ -218,17 +209,17 @@ class TritonPythonModel:
             main_gpu=int(args.get("model_instance_device_id", 0)),
             verbose=False,
         ) for _ in range(self.parallel)]
-        self._current = self.contexts[0]
+        self._local.llm = self.contexts[0]
         # Several sessions take turns on this instance, so llama.cpp's KV cache holds
         # another conversation at each request and every turn would re-read its whole
         # history (time to first token grew 150 ms -> 2.6 s over 12 turns of 3 sessions).
         # The RAM cache keeps the state of recent conversations by token prefix: a turn
         # evaluates only its new tokens (~300 ms at turn 12).
         cache_mb = int(_param(cfg, "prompt_cache_mb", "256"))
-        self.cache = conversation_cache(cache_mb << 20) if cache_mb > 0 else None
-        for llm in self.contexts:
-            if self.cache is not None:
-                llm.set_cache(self.cache)
+        if cache_mb > 0:
+            cache = conversation_cache(cache_mb << 20)
+            for llm in self.contexts:
+                llm.set_cache(cache)
         self._start_workers()
         self.max_tokens_limit = int(_param(cfg, "max_tokens_limit", "1024"))
         self.max_messages_bytes = int(_param(cfg, "max_messages_bytes", "65536"))
@@ -258,59 +249,38 @@ class TritonPythonModel:
 
     @property
     def llm(self):
-        """The context of the reply being stepped."""
-        return self._current
+        """The context of the calling worker thread."""
+        return self._local.llm
 
     def _start_workers(self) -> None:
-        self._worker = threading.Thread(target=self._decode_loop, daemon=True,
-                                        name="llm-decode")
-        self._worker.start()
+        self._queue: queue.Queue = queue.Queue()
+        self._workers = [threading.Thread(target=self._work, args=(llm,), daemon=True,
+                                          name=f"llm-{i}")
+                         for i, llm in enumerate(self.contexts)]
+        for worker in self._workers:
+            worker.start()
 
-    def _decode_loop(self) -> None:
-        """Every running reply, a token at a time, round robin, on this one thread.
-
-        llama.cpp's CPU threads are an OpenMP team per calling thread, and libgomp
-        stops spinning at its barriers once the process has more OpenMP threads than
-        cores: with a worker thread per context, every op of the graph slept in the
-        kernel (a reply alone took 42 ms a token instead of 15, SmolLM2-135M on 2
-        cores). Stepping all contexts from one thread keeps one team, and a new
-        reply still starts at the next step instead of after the others' replies."""
-        free, running, waiting = list(self.contexts), deque(), deque()
-        while True:
+    def _work(self, llm) -> None:
+        self._local.llm = llm
+        while (request := self._queue.get()) is not None:
+            sender = request.get_response_sender()
+            with self._running_lock:
+                self._running += 1
             try:
-                while True:  # take what arrived; wait only when there is nothing to do
-                    request = self._queue.get(block=not running and not waiting)
-                    if request is None:  # unloading: end every reply with an error
-                        for _llm, steps, _sender in running:
-                            steps.close()
-                        for sender in [r.get_response_sender() for r in waiting] + \
-                                [sender for *_, sender in running]:
-                            with contextlib.suppress(Exception):
-                                sender.send(pb_utils.InferenceResponse(error=pb_utils.TritonError(
-                                    "the model is being unloaded")), flags=FINAL)
-                        return
-                    waiting.append(request)
-            except queue.Empty:
-                pass
-            while waiting and free:
-                request, llm = waiting.popleft(), free.pop()
-                sender = request.get_response_sender()
-                running.append((llm, self._generate(request, sender), sender))
-            for _ in range(len(running)):
-                llm, steps, sender = running.popleft()
-                self._current = llm
-                try:
-                    next(steps)
-                except StopIteration:
-                    free.append(llm)
-                    continue
-                except Exception as exc:
-                    free.append(llm)
-                    with contextlib.suppress(Exception):
-                        sender.send(pb_utils.InferenceResponse(
-                            error=pb_utils.TritonError(str(exc))), flags=FINAL)
-                    continue
-                running.append((llm, steps, sender))
+                self._generate(request, sender)
+            except Exception as exc:
+                sender.send(pb_utils.InferenceResponse(error=pb_utils.TritonError(str(exc))),
+                            flags=FINAL)
+            finally:
+                with self._running_lock:
+                    self._running -= 1
+
+    def _share_cores(self) -> None:
+        """Give this context its share of the threads for its next decode."""
+        import llama_cpp
+
+        n = max(1, self.threads // max(1, self._running))
+        llama_cpp.llama_set_n_threads(self.llm._ctx.ctx, n, n)
 
     def execute(self, requests):
         for request in requests:
@@ -318,8 +288,10 @@ class TritonPythonModel:
         return None
 
     def finalize(self) -> None:
-        self._queue.put(None)
-        self._worker.join(timeout=5)
+        for _ in self._workers:
+            self._queue.put(None)
+        for worker in self._workers:
+            worker.join(timeout=5)
 
     def _parse(self, request) -> tuple[list[dict], dict, SentenceBudget | None,
                                        ToolCallParser | None]:
@@ -370,30 +342,23 @@ class TritonPythonModel:
                     opts["logit_bias"] = {self.call_token: -1e9}
         return messages, opts, budget, parser
 
-    def _generate(self, request, sender):
-        """One reply as a generator: each step samples (at first: reads the prompt and)
-        one token and sends what is ready; the decode loop interleaves the steps of
-        all running replies."""
+    def _generate(self, request, sender) -> None:
         if sender.is_cancelled():
             # Cancelled while queued (its client left): skip even the prompt evaluation,
             # or abandoned requests of gone sessions starve the live ones.
             sender.send(flags=FINAL)
             return
         messages, opts, budget, parser = self._parse(request)
-        cache = self.cache
-        turn = cache.begin(_string(request, "CONVERSATION_ID", b"").decode() or None) \
-            if cache is not None else None
+        cache = getattr(self.llm, "cache", None)
+        if cache is not None:
+            cache.begin(_string(request, "CONVERSATION_ID", b"").decode() or None)
         # llama.cpp raises a ValueError naming the sizes when the prompt overflows n_ctx.
+        self._share_cores()
         stream = self.llm.create_chat_completion(messages=messages, stream=True, **opts)
         reason, produced, ran_out = "stop", 0, False
         try:
-            while True:
-                if cache is not None:
-                    cache.turn = turn  # other replies' steps ran since this one's last
-                chunk = next(stream, None)
-                if chunk is None:
-                    ran_out = True  # llama-cpp-python saved the state itself
-                    break
+            for chunk in stream:
+                self._share_cores()
                 if sender.is_cancelled():
                     reason = "cancelled"
                     break
@@ -410,12 +375,11 @@ class TritonPythonModel:
                     reason = choice["finish_reason"]
                 if budget and budget.done:
                     break
-                yield
+            else:
+                ran_out = True  # llama-cpp-python saved the state itself
         finally:
             stream.close()  # stops llama.cpp from sampling further tokens
             if not ran_out:
-                if cache is not None:
-                    cache.turn = turn
                 self._remember()
         if reason == "cancelled":
             sender.send(flags=FINAL)
@@ -443,7 +407,7 @@ class TritonPythonModel:
         (sentence budget, cancel): llama-cpp-python saves only when its generator runs
         to the end, so a session whose replies are cut re-read its whole history at
         every turn (TTFT +600 ms a turn, while sessions with short replies stayed flat)."""
-        cache = self.cache
+        cache = getattr(self.llm, "cache", None)
         n = self.llm.n_tokens
         if cache is not None and n:
             cache[self.llm.input_ids[:n].tolist()] = self.llm.save_state()
