@@ -83,9 +83,6 @@ class Utterance:
             return
         audio = audio[:self.max_samples - self.audio_samples]
         self.audio_samples += audio.size
-        # a copy: the caller's frames are views of its buffers, and this one waits in
-        # the queue (or held back) while an STT round trip is in flight
-        audio = audio.copy()
         if self.ended:
             self._held.append(audio)
         else:
