@@ -102,9 +102,8 @@ class Utterance:
         if self.ended:  # confirming a flushed utterance
             self._send_held()
         self.ended, self.speculative = True, speculative
-        if speculative:
-            self._flush = object()
-        self._queue.put_nowait(self._flush if speculative else None)
+        self._flush = object() if speculative else None
+        self._queue.put_nowait(self._flush)
 
     def resume(self) -> None:
         """The pause was not the end: the same sequence goes on with the audio kept
