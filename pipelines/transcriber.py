@@ -39,9 +39,10 @@ class Utterance:
         self._stt, self._language = stt, language
         self._on_partial, self._on_final, self._on_failed = on_partial, on_final, on_failed
         self.max_samples = int(max_s * RATE)
-        self.audio_samples = 0  # heard in this utterance
-        self.sent_samples = 0  # given to the STT sequence
-        self._held: list[np.ndarray] = []  # heard since a flush, not sent yet
+        self.audio: list[np.ndarray] = []  # everything heard, to restart after a pause
+        self.audio_samples = 0
+        self.sent_samples = 0  # audio in the current STT sequence
+        self.queued_samples = 0  # audio given to the sequence (sent or about to be)
         self.text = ""
         self.ended = False  # END or FLUSH sent to STT (commit, or a speculative end)
         self.speculative = False  # flushed on a pause that silence has not confirmed yet
@@ -82,17 +83,17 @@ class Utterance:
         if self.full:
             return
         audio = audio[:self.max_samples - self.audio_samples]
+        self.audio.append(audio)
         self.audio_samples += audio.size
-        if self.ended:
-            self._held.append(audio)
-        else:
-            self._queue.put_nowait(audio)
+        if not self.ended:
+            self._queue_audio()
 
-    def _send_held(self) -> None:
-        """The audio heard since the flush goes to the sequence after all."""
-        if self._held:
-            self._queue.put_nowait(np.concatenate(self._held))
-            self._held.clear()
+    def _queue_audio(self) -> None:
+        """Give the sequence the audio it has not had yet."""
+        if self.audio_samples > self.queued_samples:
+            rest = np.concatenate(self.audio)[self.queued_samples:]
+            self.queued_samples = self.audio_samples
+            self._queue.put_nowait(rest)
 
     def end(self, *, speculative: bool = False) -> None:
         """Speculative: flush (a final now, the sequence kept open). Otherwise END,
@@ -100,7 +101,7 @@ class Utterance:
         if self.ended and (speculative or not self.speculative):
             return
         if self.ended:  # confirming a flushed utterance
-            self._send_held()
+            self._queue_audio()
         self.ended, self.speculative = True, speculative
         self._flush = object() if speculative else None
         self._queue.put_nowait(self._flush)
@@ -110,7 +111,7 @@ class Utterance:
         back since the flush."""
         self.ended = self.speculative = False
         self.final, self._flush = None, None  # an answer to the flush is stale now
-        self._send_held()
+        self._queue_audio()
 
     async def cancel(self) -> None:
         self._task.cancel()
