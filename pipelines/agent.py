@@ -8,10 +8,9 @@ STT, LLM and TTS services and the audio sink are injected, so the unit tests
 drive the same code with scripted fakes and a fake clock.
 
 Speculative end of turn: at the first short pause the utterance's STT sequence
-is flushed (a final now, the sequence kept open) and a reply started, its output
-held back. When the silence confirms the turn the held output is released; when
-the user goes on talking, the reply is cancelled (inside Triton too) and the
-utterance's sequence goes on.
+is ended and a reply started, its output held back. When the silence confirms
+the turn the held output is released; when the user goes on talking, the reply
+is cancelled (inside Triton too) and the utterance continues on a new sequence.
 
 Barge-in: user speech while the reply is generating *or still playing* stops the
 output at once and cancels the generation; the history keeps what was heard.
@@ -239,8 +238,8 @@ class VoiceAgent:
         return True
 
     async def _speech_resumed(self) -> None:
-        """The user went on talking: drop the speculative reply, continue the
-        utterance's STT sequence."""
+        """The user went on talking: drop the speculative reply, continue the utterance
+        on a new STT sequence with all its audio so far."""
         utt = self._utt
         if utt is None or not utt.speculative or utt.confirmed:
             return
@@ -279,11 +278,10 @@ class VoiceAgent:
         self._emit(F.BufferCommitted(utt.item_id, self._last_item))
         self._last_item = utt.item_id
         utt.confirmed = True
-        ready = utt.final if utt.ended else None  # the speculative transcript, if in
-        utt.delivered = ready is not None  # the END's answer repeats it
-        utt.end()  # END; after a flush it closes the STT sequence
-        if ready is not None:
-            self._publish_final(utt, *ready)
+        if not utt.ended:
+            utt.end()
+        elif utt.final is not None:  # the speculative transcript was ready: use it now
+            self._publish_final(utt, *utt.final)
         return utt.item_id
 
     async def clear(self) -> None:

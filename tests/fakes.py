@@ -83,22 +83,19 @@ class FakeSTTSession:
         self.stt = stt
         self.voiced_s = 0.0
         self.closed = False
-        self.pushes: list[str] = []  # audio | flush | end, in order
 
     def _text(self) -> str:
         n = max(1, round(self.voiced_s * self.stt.words_per_s))
         return " ".join(WORDS[:n])
 
-    async def push(self, audio: np.ndarray, *, end: bool = False,
-                   flush: bool = False) -> list[Transcript]:
+    async def push(self, audio: np.ndarray, *, end: bool = False) -> list[Transcript]:
         self.voiced_s += float(np.count_nonzero(np.abs(audio) > VOICED / 2)) / RATE
-        self.pushes.append("end" if end else "flush" if flush else "audio")
-        await self.stt.clock.sleep(self.stt.final_s if end or flush else self.stt.partial_s)
+        await self.stt.clock.sleep(self.stt.final_s if end else self.stt.partial_s)
         if self.stt.fail:
             from pipelines.triton_client import TritonUnavailable
 
             raise TritonUnavailable("Triton unavailable: scripted failure")
-        if end or flush:
+        if end:
             return [Transcript(self._text() if self.voiced_s else "", True)]
         return [Transcript(self._text(), False)] if self.voiced_s else []
 
