@@ -8,9 +8,10 @@ STT, LLM and TTS services and the audio sink are injected, so the unit tests
 drive the same code with scripted fakes and a fake clock.
 
 Speculative end of turn: at the first short pause the utterance's STT sequence
-is ended and a reply started, its output held back. When the silence confirms
-the turn the held output is released; when the user goes on talking, the reply
-is cancelled (inside Triton too) and the utterance continues on a new sequence.
+is flushed (a final now, the sequence kept open) and a reply started, its output
+held back. When the silence confirms the turn the held output is released; when
+the user goes on talking, the reply is cancelled (inside Triton too) and the
+utterance's sequence goes on.
 
 Barge-in: user speech while the reply is generating *or still playing* stops the
 output at once and cancels the generation; the history keeps what was heard.
@@ -98,6 +99,11 @@ class _Hold:
         self.user_text = user_text
         self.released = False
         self.inbox: asyncio.Queue | None = None  # the reply task's inbox, for the release
+        self.task: asyncio.Task | None = None  # the reply: it may fail while held back
+
+    @property
+    def alive(self) -> bool:
+        return self.task is not None and not self.task.done()
 
     def release(self) -> None:
         self.released = True
@@ -238,8 +244,8 @@ class VoiceAgent:
         return True
 
     async def _speech_resumed(self) -> None:
-        """The user went on talking: drop the speculative reply, continue the utterance
-        on a new STT sequence with all its audio so far."""
+        """The user went on talking: drop the speculative reply, continue the
+        utterance's STT sequence."""
         utt = self._utt
         if utt is None or not utt.speculative or utt.confirmed:
             return
@@ -278,10 +284,11 @@ class VoiceAgent:
         self._emit(F.BufferCommitted(utt.item_id, self._last_item))
         self._last_item = utt.item_id
         utt.confirmed = True
-        if not utt.ended:
-            utt.end()
-        elif utt.final is not None:  # the speculative transcript was ready: use it now
-            self._publish_final(utt, *utt.final)
+        ready = utt.final if utt.ended else None  # the speculative transcript, if in
+        utt.delivered = ready is not None  # the END's answer repeats it
+        utt.end()  # END; after a flush it closes the STT sequence
+        if ready is not None:
+            self._publish_final(utt, *ready)
         return utt.item_id
 
     async def clear(self) -> None:
@@ -329,11 +336,11 @@ class VoiceAgent:
             return
         frame = self.camera() if self.camera is not None else None
         self.conversation.add(utt.item_id, "user", text, images=(frame,) if frame else ())
-        if hold is not None and hold.user_text == text:
+        if hold is not None and hold.user_text == text and hold.alive:
             hold.release()
             return
-        if hold is not None:  # the final changed after the guess: answer the real one
-            self._spawn(self._restart_response())
+        if hold is not None:  # the final changed after the guess, or the guess failed
+            self._spawn(self._restart_response())  # (e.g. busy): answer the turn now
             return
         if self.config.create_response and self.config.turn_detection:
             self.start_response()
@@ -383,6 +390,8 @@ class VoiceAgent:
             messages.append({"role": "user", "content": self._user_content(hold.user_text)})
         options = self._options(tools, tool_choice)
         self._response = self._spawn(self._respond(rid, messages, hold, options))
+        if hold is not None:
+            hold.task = self._response
         return rid
 
     async def cancel_response(self, reason: str = "client_cancelled") -> bool:

@@ -52,11 +52,15 @@ class STTStream:
         self._seq = next(_seq_ids)
         self._started = False
 
-    async def push(self, audio: np.ndarray, *, end: bool = False) -> list[Transcript]:
-        """Send 16 kHz float32 audio; return what the model answered (partial/final)."""
+    async def push(self, audio: np.ndarray, *, end: bool = False,
+                   flush: bool = False) -> list[Transcript]:
+        """Send 16 kHz float32 audio; return what the model answered (partial/final).
+        ``flush``: a final of everything so far, the sequence kept open."""
         inputs: dict = {"AUDIO": np.asarray(audio, dtype=np.float32).reshape(1, -1)}
         if self.language:
             inputs["LANGUAGE"] = np.array([[self.language]], dtype=np.object_)
+        if flush:
+            inputs["FLUSH"] = np.array([[True]], dtype=bool)
         out = []
         async for r in self._stream.infer(self.model, inputs, sequence_id=self._seq,
                                           sequence_start=not self._started, sequence_end=end):
@@ -138,9 +142,11 @@ async def chat(client: TritonClient, messages: list[dict], *, model: str = "llm"
 
 # -- the interfaces the agent's stages are written against --------------------------------
 class STTSession(Protocol):
-    """One utterance: push 16 kHz float32 audio, get partial and final transcripts."""
+    """One utterance: push 16 kHz float32 audio, get partial and final transcripts;
+    ``flush`` asks for a final now and keeps the utterance open (speculative end)."""
 
-    async def push(self, audio: np.ndarray, *, end: bool = False) -> list[Transcript]: ...
+    async def push(self, audio: np.ndarray, *, end: bool = False,
+                   flush: bool = False) -> list[Transcript]: ...
 
     async def close(self) -> None: ...
 

@@ -2,10 +2,13 @@
 
 Audio goes to STT as it comes, in pieces of at least ``SEND_S`` (fewer
 requests); whatever queued up while a partial was decoding goes out as one
-piece. A speculative end (a pause that may end the turn) ends the sequence
-early so the final transcript is ready when the silence confirms the turn; if
-the user goes on talking, ``resume()`` abandons that sequence (cancelled in
-Triton) and starts a new one with all the utterance's audio.
+piece. A speculative end (a pause that may end the turn) flushes the sequence:
+the model answers a final of everything so far and keeps the sequence open, so
+the transcript is ready when the silence confirms the turn. The audio heard
+meanwhile is kept back; if the user goes on talking, ``resume()`` sends it and
+the same sequence goes on (the model keeps its committed prefix; nothing is
+decoded twice); when the silence confirms the turn, ``end()`` sends it with the
+END, which the model answers with the flushed final when only silence came.
 """
 
 from __future__ import annotations
@@ -23,6 +26,7 @@ from pipelines.vad import RATE
 
 log = logging.getLogger(__name__)
 SEND_S = 0.1
+_AUDIO_ONLY = object()  # what was queued ends without END or FLUSH
 
 
 class Utterance:
@@ -35,14 +39,16 @@ class Utterance:
         self._stt, self._language = stt, language
         self._on_partial, self._on_final, self._on_failed = on_partial, on_final, on_failed
         self.max_samples = int(max_s * RATE)
-        self.audio: list[np.ndarray] = []  # everything heard, to restart after a pause
-        self.audio_samples = 0
-        self.sent_samples = 0  # audio in the current STT sequence
+        self.audio_samples = 0  # heard in this utterance
+        self.sent_samples = 0  # given to the STT sequence
+        self._held: list[np.ndarray] = []  # heard since a flush, not sent yet
         self.text = ""
-        self.ended = False  # END sent to STT (commit, or a speculative end of turn)
-        self.speculative = False  # ended on a pause that silence has not confirmed yet
+        self.ended = False  # END or FLUSH sent to STT (commit, or a speculative end)
+        self.speculative = False  # flushed on a pause that silence has not confirmed yet
         self.confirmed = False  # the turn is over (silence or the client's commit)
         self.final: tuple[str, dict] | None = None
+        self.delivered = False  # the confirmed turn's final went out: later ones don't
+        self._flush: object | None = None  # the live flush; resume() makes it stale
         self._closed: set[int] = set()  # id() of sessions their task closed
         self._closers: set[asyncio.Task] = set()
         self._start()
@@ -76,25 +82,39 @@ class Utterance:
         if self.full:
             return
         audio = audio[:self.max_samples - self.audio_samples]
-        self.audio.append(audio)
         self.audio_samples += audio.size
-        if not self.ended:
+        # a copy: the caller's frames are views of its buffers, and this one waits in
+        # the queue (or held back) while an STT round trip is in flight
+        audio = audio.copy()
+        if self.ended:
+            self._held.append(audio)
+        else:
             self._queue.put_nowait(audio)
 
+    def _send_held(self) -> None:
+        """The audio heard since the flush goes to the sequence after all."""
+        if self._held:
+            self._queue.put_nowait(np.concatenate(self._held))
+            self._held.clear()
+
     def end(self, *, speculative: bool = False) -> None:
-        if not self.ended:
-            self.ended = True
-            self.speculative = speculative
-            self._queue.put_nowait(None)
+        """Speculative: flush (a final now, the sequence kept open). Otherwise END,
+        also after a flush: with the audio kept back since."""
+        if self.ended and (speculative or not self.speculative):
+            return
+        if self.ended:  # confirming a flushed utterance
+            self._send_held()
+        self.ended, self.speculative = True, speculative
+        if speculative:
+            self._flush = object()
+        self._queue.put_nowait(self._flush if speculative else None)
 
     def resume(self) -> None:
-        """The pause was not the end: a new STT sequence with all the audio so far."""
-        self._task.cancel()  # its stream closes: Triton drops the abandoned sequence
+        """The pause was not the end: the same sequence goes on with the audio kept
+        back since the flush."""
         self.ended = self.speculative = False
-        self.final, self.text, self.sent_samples = None, "", 0
-        self._start()
-        if self.audio:
-            self._queue.put_nowait(np.concatenate(self.audio))
+        self.final, self._flush = None, None  # an answer to the flush is stale now
+        self._send_held()
 
     async def cancel(self) -> None:
         self._task.cancel()
@@ -109,27 +129,23 @@ class Utterance:
         pending_samples = 0
         try:
             while True:
-                chunk = await queue.get()
-                end = chunk is None
-                if chunk is not None:
-                    pending.append(chunk)
-                    pending_samples += chunk.size
-                while not end and not queue.empty():
-                    nxt = queue.get_nowait()
-                    if nxt is None:
-                        end = True
-                    else:
-                        pending.append(nxt)
-                        pending_samples += nxt.size
-                if not end and pending_samples < SEND_S * RATE:
+                # the queue holds audio, None (END) or the live flush's token
+                item = await queue.get()
+                while isinstance(item, np.ndarray):  # take all the audio queued up
+                    pending.append(item)
+                    pending_samples += item.size
+                    item = queue.get_nowait() if not queue.empty() else _AUDIO_ONLY
+                if item is _AUDIO_ONLY and pending_samples < SEND_S * RATE:
                     continue
+                end, flush = item is None, item is not None and item is not _AUDIO_ONLY
                 data = np.concatenate(pending) if pending else np.zeros(0, np.float32)
                 pending, pending_samples = [], 0
                 self.sent_samples += data.size
-                for t in await session.push(data, end=end):
-                    if session is not self._session:
-                        return  # abandoned by resume(): its answers are stale
+                for t in await session.push(data, end=end, flush=flush):
                     if t.final:
+                        if self.delivered or (flush and item is not self._flush):
+                            continue  # went out already, or speech resumed since
+                        self.delivered = self.confirmed
                         self.final = (t.text, t.details)
                         self._on_final(self, t.text, t.details)
                     elif t.text:

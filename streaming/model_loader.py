@@ -81,6 +81,7 @@ class HeavyModel:
     error: str = ""
     lock: asyncio.Lock = field(default_factory=asyncio.Lock)
     slots: asyncio.Semaphore | None = None
+    loading: asyncio.Task | None = None  # the load in progress, which waiters share
 
     def status(self) -> dict:
         return {"name": self.name, "use_case": self.use_case, "state": self.state,
@@ -172,25 +173,39 @@ class ModelLoader:
         if on_loading is not None:
             await on_loading()
         async with model.lock:  # one load at a time per model; the others wait for it
-            if await client.model_ready(model.name):
-                self._mark(model, "ready")
-                model.last_used = self.clock()
-                return
-            await self._make_room(model)
-            self._mark(model, "loading")
-            started = self.clock()
-            try:
-                await client.load(model.name, timeout=self.load_timeout_s)
-            except Exception as exc:
-                self._mark(model, "unloaded")
-                model.error = str(exc)
-                raise ModelUnavailable(f"{model.name} could not be loaded: {exc}") from exc
-            model.load_s = self.clock() - started
-            model.error = ""
-            LOAD_SECONDS.labels(model.name).observe(model.load_s)
-            log.info("loaded %s in %.1f s", model.name, model.load_s)
-            model.last_used = self.clock()
-            self._mark(model, "ready")
+            if model.loading is None:
+                if await client.model_ready(model.name):
+                    self._mark(model, "ready")
+                    model.last_used = self.clock()
+                    return
+                await self._make_room(model)
+                model.loading = asyncio.ensure_future(self._load(model, client))
+                # read its error even when every waiter went away before it ended
+                model.loading.add_done_callback(
+                    lambda t: None if t.cancelled() else t.exception())
+            loading = model.loading
+        # Shielded: a waiter that goes away (a speculative reply taken back) must not
+        # stop a load the next request of the turn needs; the model would be left
+        # "loading" and loaded a second time.
+        await asyncio.shield(loading)
+        model.last_used = self.clock()
+
+    async def _load(self, model: HeavyModel, client) -> None:
+        self._mark(model, "loading")
+        started = self.clock()
+        try:
+            await client.load(model.name, timeout=self.load_timeout_s)
+        except Exception as exc:
+            self._mark(model, "unloaded")
+            model.error = str(exc)
+            raise ModelUnavailable(f"{model.name} could not be loaded: {exc}") from exc
+        finally:
+            model.loading = None
+        model.load_s = self.clock() - started
+        model.error = ""
+        LOAD_SECONDS.labels(model.name).observe(model.load_s)
+        log.info("loaded %s in %.1f s", model.name, model.load_s)
+        self._mark(model, "ready")
 
     async def _make_room(self, wanted: HeavyModel) -> None:
         """Unload least recently used idle models until ``wanted`` fits the budget."""
@@ -281,6 +296,9 @@ class ModelLoader:
                 log.warning("idle unload failed: %s", exc)
 
     async def close(self) -> None:
+        for model in self.models.values():
+            if model.loading is not None:
+                model.loading.cancel()
         if self._reaper is not None:
             self._reaper.cancel()
             with contextlib.suppress(asyncio.CancelledError):

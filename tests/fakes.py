@@ -83,19 +83,22 @@ class FakeSTTSession:
         self.stt = stt
         self.voiced_s = 0.0
         self.closed = False
+        self.pushes: list[str] = []  # audio | flush | end, in order
 
     def _text(self) -> str:
         n = max(1, round(self.voiced_s * self.stt.words_per_s))
         return " ".join(WORDS[:n])
 
-    async def push(self, audio: np.ndarray, *, end: bool = False) -> list[Transcript]:
+    async def push(self, audio: np.ndarray, *, end: bool = False,
+                   flush: bool = False) -> list[Transcript]:
         self.voiced_s += float(np.count_nonzero(np.abs(audio) > VOICED / 2)) / RATE
-        await self.stt.clock.sleep(self.stt.final_s if end else self.stt.partial_s)
+        self.pushes.append("end" if end else "flush" if flush else "audio")
+        await self.stt.clock.sleep(self.stt.final_s if end or flush else self.stt.partial_s)
         if self.stt.fail:
             from pipelines.triton_client import TritonUnavailable
 
             raise TritonUnavailable("Triton unavailable: scripted failure")
-        if end:
+        if end or flush:
             return [Transcript(self._text() if self.voiced_s else "", True)]
         return [Transcript(self._text(), False)] if self.voiced_s else []
 
@@ -140,6 +143,7 @@ class FakeLLM:
         self.call_s = 0.2
         self.cancelled = 0
         self.finished = 0
+        self.fail_next = 0  # the next N requests fail after first_token_s (e.g. busy)
 
     async def chat(self, messages: list[dict], *, max_tokens: int,
                    temperature: float | None, seed: int | None,
@@ -154,6 +158,11 @@ class FakeLLM:
         words = text.split(" ") if text else []
         try:
             await self.clock.sleep(self.first_token_s)
+            if self.fail_next:
+                from pipelines.triton_client import TritonModelError
+
+                self.fail_next -= 1
+                raise TritonModelError("llm is busy (1 running, 0 waiting)")
             for i, word in enumerate(words):
                 if i:
                     await self.clock.sleep(self.token_s)

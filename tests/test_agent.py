@@ -138,8 +138,29 @@ async def test_speculation_taken_back_when_the_user_goes_on():
     finals = [f for f in frames if isinstance(f, F.TranscriptCompleted)]
     assert [f.transcript for f in finals] == ["one two three four"]  # all 1.0 s of voice
     assert services.llm.requests[-1][-1]["content"] == "one two three four"
-    assert services.stt.sessions[0].closed  # the abandoned STT sequence
+    # one STT sequence: flushed at each pause, going on after the first, then ended
+    assert len(services.stt.sessions) == 1 and services.stt.sessions[0].closed
+    assert [p for p in services.stt.sessions[0].pushes if p != "audio"] == \
+        ["flush", "flush", "end"]
     assert [i.role for i in agent.conversation.items] == ["user", "assistant"]
+    await agent.close()
+
+
+async def test_a_speculative_reply_that_failed_while_held_is_answered_at_the_turns_end():
+    """The guess failed before the silence confirmed the turn (a heavy model at its cap):
+    releasing it would release nothing and the turn would never be answered."""
+    clock = FakeClock()
+    agent, services = make_agent(clock)
+    services.llm.fail_next = 1
+    await feed(agent, clock, speech(1.0))
+    await feed(agent, clock, silence(0.3))
+    assert len(services.llm.requests) == 1 and not agent.responding  # the guess failed
+    await feed(agent, clock, silence(0.3))
+    await clock.advance(5)
+    frames = drain(agent)
+    done = [f for f in frames if isinstance(f, F.ResponseDone)]
+    assert [d.status for d in done] == ["completed"]
+    assert len(services.llm.requests) == 2
     await agent.close()
 
 
@@ -306,6 +327,49 @@ async def test_an_endless_turn_is_cut_and_memory_stays_bounded():
     await agent.close()
 
 
+def _utterance(clock):
+    from pipelines.transcriber import Utterance
+
+    stt, finals = FakeSTT(clock), []
+    utt = Utterance("item_1", stt, None, on_partial=lambda *a: None,
+                    on_final=lambda u, text, d: finals.append((text, round(clock.now(), 2))),
+                    on_failed=lambda *a: None)
+    return utt, stt, finals
+
+
+async def test_a_flush_answered_after_speech_resumed_is_not_a_final():
+    clock = FakeClock()
+    utt, stt, finals = _utterance(clock)
+    utt.push(speech(0.5))
+    utt.end(speculative=True)  # the pause
+    await asyncio.sleep(0)
+    utt.resume()  # the user went on before the flush was answered
+    utt.push(speech(0.5))
+    await clock.advance(0.5)
+    assert finals == []  # the flush's answer is stale: not a final of the turn
+    utt.confirmed = True
+    utt.end()
+    await clock.advance(0.5)
+    assert [t for t, _ in finals] == ["one two three four"] and utt.done  # one sequence
+    assert len(stt.sessions) == 1
+
+
+async def test_a_turn_confirmed_while_its_flush_runs_gets_one_final():
+    clock = FakeClock()
+    utt, stt, finals = _utterance(clock)
+    utt.push(speech(0.5))
+    utt.end(speculative=True)
+    await asyncio.sleep(0)
+    utt.confirmed = True  # the silence confirmed the turn before the flush came back
+    utt.push(silence(0.3))
+    utt.end()
+    t0 = clock.now()
+    await clock.advance(0.5)
+    # the flush's answer is the final (not the END's, one STT round trip later)
+    assert finals == [("one two", round(t0 + stt.final_s, 2))] and utt.done
+    assert stt.sessions[0].pushes[-2:] == ["flush", "end"]
+
+
 async def test_streams_of_utterances_cancelled_before_they_ran_are_closed():
     """A pause and its resume in one batch of audio (or a close right after speech
     started) cancel an STT task before it ran: its stream was open already and stayed
@@ -322,11 +386,9 @@ async def test_streams_of_utterances_cancelled_before_they_ran_are_closed():
                     on_failed=ignore)
     utt.push(speech(0.2))
     utt.end(speculative=True)
-    utt.resume()  # the first task never ran
-    utt.resume()  # nor did the second
-    await asyncio.sleep(0)
-    await utt.cancel()  # the third, current one
-    assert len(stt.sessions) == 3 and all(s.closed for s in stt.sessions)
+    utt.resume()
+    await utt.cancel()  # its task never ran
+    assert len(stt.sessions) == 1 and stt.sessions[0].closed
 
     quick = Utterance("item_2", stt, None, on_partial=ignore, on_final=ignore,
                       on_failed=ignore)

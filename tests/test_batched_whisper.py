@@ -24,6 +24,7 @@ from rtmedia_models_common.whisper_stream import (
 
 from pipelines.services import STTStream
 from pipelines.speech import espeak_speech
+from pipelines.text import word_error_rate
 
 
 def _sec(s: float, value: float = 0.0) -> np.ndarray:
@@ -74,6 +75,32 @@ def test_a_batch_decodes_finals_first_then_partials_each_to_its_own_stream():
                                                   ("stream 3", False)]
     assert isinstance(answers[4], ValueError) and answers[5] == ("", False, {})
     assert set(t.streams) == {1, 2, 3, 7}
+
+
+def test_a_flush_answers_a_final_and_keeps_the_stream_for_its_end():
+    """A speculative end of turn (FLUSH): a final now, the stream kept. Silence, then
+    END: the same final without a decode. Speech again: the stream goes on, and the
+    END decodes what it heard."""
+    dec = FakeBatch(lambda kind, audio: [Seg(0, audio.size / SAMPLE_RATE,
+                                             f" {kind} {audio.size / SAMPLE_RATE:.1f}")])
+    t = StreamingTranscriber(dec, WhisperSettings(english_only=True))
+
+    def one(corrid, audio, **kw):
+        return t.handle(corrid, audio, start=kw.get("start", False), end=kw.get("end", False),
+                        language="en", flush=kw.get("flush", False))[:2]
+
+    one(1, _sec(1.0, 0.5), start=True)
+    assert one(1, _sec(0.2, 0.5), flush=True) == ("finals 1.2", True)
+    assert 1 in t.streams
+    calls = len(dec.calls)
+    assert one(1, _sec(0.4), end=True) == ("finals 1.2", True)  # only silence since
+    assert len(dec.calls) == calls and 1 not in t.streams
+
+    one(2, _sec(1.0, 0.5), start=True)
+    assert one(2, _sec(0.1, 0.5), flush=True) == ("finals 1.1", True)
+    one(2, _sec(0.6, 0.5))  # the user went on: a partial of all of it
+    assert dec.calls[-1] == ("partials", [1.7])
+    assert one(2, _sec(0.3, 0.5), end=True) == ("finals 2.0", True)
 
 
 def test_groups_of_equal_encoder_length_are_answered_as_each_is_decoded_shortest_first():
@@ -271,3 +298,32 @@ async def test_streams_batched_in_triton_get_the_transcripts_they_get_alone(
     assert all(text for text in alone)
     # the sequence batcher formed batches: fewer executions than requests
     assert execs1 - execs0 < requests1 - requests0, (requests1 - requests0, execs1 - execs0)
+
+
+async def test_a_flushed_stream_in_triton_ends_with_the_flushed_final(client, speech):
+    """The speculative end of turn on the real model: FLUSH answers a final and the
+    sequence stays open; after silence, END answers the same final (not decoded
+    again: unit test above); after more speech, the final holds both parts."""
+    first, second = speech[2], speech[4]
+    stt = STTStream(client)
+    try:
+        await stt.push(first)
+        flushed = [t for t in await stt.push(np.zeros(CHUNK, np.float32), flush=True)
+                   if t.final]
+        ended = [t for t in await stt.push(np.zeros(4 * CHUNK, np.float32), end=True)
+                 if t.final]
+    finally:
+        await stt.close()
+    assert flushed and ended and flushed[0].text
+    assert (ended[0].text, ended[0].words) == (flushed[0].text, flushed[0].words)
+
+    stt = STTStream(client)
+    try:
+        await stt.push(first)
+        await stt.push(np.zeros(CHUNK, np.float32), flush=True)
+        await stt.push(second)  # the user went on
+        final = next(t for t in await stt.push(np.zeros(CHUNK, np.float32), end=True)
+                     if t.final)
+    finally:
+        await stt.close()
+    assert word_error_rate(f"{SENTENCES[2]} {SENTENCES[4]}", final.text) <= 0.35, final.text

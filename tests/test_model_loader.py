@@ -15,6 +15,7 @@ import pytest
 from bench.stack import free_port
 from pipelines.router import ModelRouter
 from pipelines.vision import vision_chat
+from streaming.metrics import REGISTRY
 from streaming.model_loader import Busy, ModelLoader, store_size
 
 pytestmark = pytest.mark.triton
@@ -71,6 +72,32 @@ async def test_load_on_first_use_once_for_concurrent_waiters(router):
     async with loader.use("multimodal", lambda: heard.append("x")) as route:
         assert await ask(route)
     assert heard == []
+
+
+async def test_a_waiter_that_goes_away_does_not_stop_the_load(router):
+    """A speculative reply taken back while its model loads: the load goes on, and the
+    turn's real request waits for that load instead of starting a second one."""
+    loader = ModelLoader(router, idle_unload_s=0)
+    await unloaded(router, loader)
+    model = loader.models["multimodal"]
+    loads = lambda: REGISTRY.get_sample_value(  # noqa: E731
+        "rtmedia_model_load_seconds_count", {"model": "vlm"}) or 0.0
+    before = loads()
+    first = asyncio.ensure_future(loader.ensure_loaded("multimodal"))
+    for _ in range(100):
+        if model.state == "loading":
+            break
+        await asyncio.sleep(0.01)
+    assert model.state == "loading"
+    first.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await first
+    assert model.state == "loading" and model.loading is not None
+    async with loader.use("multimodal") as route:
+        assert await ask(route)
+    assert model.state == "ready" and model.loading is None
+    assert loads() == before + 1  # one load, which the cancelled waiter started
+    await loader.close()
 
 
 async def test_unload_when_idle(router):

@@ -176,8 +176,8 @@ class SaysSTT(FakeSTT):
         session = super().open(language)
         push = session.push
 
-        async def says(audio, *, end=False):
-            out = await push(audio, end=end)
+        async def says(audio, *, end=False, flush=False):
+            out = await push(audio, end=end, flush=flush)
             return [Transcript(self.text, True) if t.final else t for t in out]
 
         session.push = says
@@ -293,8 +293,8 @@ class HindiSTT(FakeSTT):
         session = super().open(language)
         push = session.push
 
-        async def hindi(audio, *, end=False):
-            out = await push(audio, end=end)
+        async def hindi(audio, *, end=False, flush=False):
+            out = await push(audio, end=end, flush=flush)
             return [Transcript("नमस्ते", True, {"language": "hi"}) if t.final else t
                     for t in out]
 

@@ -83,6 +83,10 @@ class Chunk:
     start: bool = False
     end: bool = False
     language: str | None = None
+    # A speculative end of turn: answer a final of all the audio so far, but keep the
+    # stream open. If only silence follows, the END's final is this one, not decoded
+    # again; if speech resumes, the stream goes on (its committed prefix kept).
+    flush: bool = False
 
 
 @dataclass
@@ -101,6 +105,7 @@ class StreamState:
     last: Hypothesis | None = None  # the latest partial of the open window
     last_samples: int = 0  # the window it decoded
     agreed: int = 0  # segments of ``previous`` that the pending commit takes
+    flushed: tuple | None = None  # (the answer of a FLUSH, the audio samples it covered)
 
 
 Result = tuple  # (text, is_final, details)
@@ -195,6 +200,11 @@ def describe(offset_s: float, segments, language: str | None,
     text = drop_echo_tail(drop_repeats(" ".join(s["text"] for s in segs).strip()))
     return text, {"start": offset_s, "end": round(offset_s + n_samples / SAMPLE_RATE, 3),
                   "language": language, "segments": segs}
+
+
+def _quiet(audio: np.ndarray) -> bool:
+    """No words in it: empty, or below QUIET_RMS."""
+    return audio.size == 0 or float(np.sqrt(np.mean(audio ** 2))) < QUIET_RMS
 
 
 def window_cut(segments, n_samples: int) -> tuple[list, int]:
@@ -534,9 +544,9 @@ class StreamingTranscriber:
                              "needs a multilingual model (e.g. whisper_base)")
 
     def handle(self, corrid: int, audio: np.ndarray, *, start: bool, end: bool,
-               language: str | None) -> Result:
+               language: str | None, flush: bool = False) -> Result:
         out: list = []
-        self.handle_batch([Chunk(corrid, audio, start, end, language)],
+        self.handle_batch([Chunk(corrid, audio, start, end, language, flush)],
                           lambda i, r: out.append(r))
         if isinstance(out[0], Exception):
             raise out[0]
@@ -559,13 +569,25 @@ class StreamingTranscriber:
 
     def _round(self, items, send) -> None:
         finals, cuts, partials, reuse = [], [], [], []
+        flushes: dict[int, StreamState] = {}
+        answer = send
+
+        def send(i: int, result) -> None:  # a FLUSH's final is kept for the END
+            if i in flushes and isinstance(result, tuple):
+                flushes[i].flushed = (result, flushes[i].audio.size)
+            answer(i, result)
+
         for i, chunk in items:
             try:
                 kind, state = self._accept(chunk)
             except ValueError as exc:
                 send(i, exc)
                 continue
-            if kind == "reuse":
+            if chunk.flush and not chunk.end:
+                flushes[i] = state
+            if kind == "flushed":  # only silence since the FLUSH: its final again
+                send(i, state.flushed[0])
+            elif kind == "reuse":
                 reuse.append((i, state))
             elif kind == "final":
                 finals.append((i, state))
@@ -642,8 +664,14 @@ class StreamingTranscriber:
         state.audio = np.concatenate([state.audio, chunk.audio.astype(np.float32, copy=False)])
         state.since_partial += chunk.audio.size
         state.cut_at = None
-        if chunk.end:
-            self.streams.pop(chunk.corrid, None)
+        if chunk.end or chunk.flush:
+            if chunk.end:
+                self.streams.pop(chunk.corrid, None)
+            else:
+                state.since_partial = 0  # the flush decodes everything heard so far
+            if state.flushed is not None and _quiet(state.audio[state.flushed[1]:]):
+                return "flushed", state
+            state.flushed = None
             if state.audio.size < SAMPLE_RATE // 10:
                 return "short", state
             if self._reusable(state):
@@ -696,11 +724,11 @@ class StreamingTranscriber:
                 len(clean_segments(last.segments, state.last_samples / SAMPLE_RATE)) != \
                 len(last.segments):
             return False
-        unheard = state.audio[state.last_samples:]
-        return unheard.size == 0 or float(np.sqrt(np.mean(unheard ** 2))) < QUIET_RMS
+        return _quiet(state.audio[state.last_samples:])
 
     def _partial(self, state: StreamState, hyp: Hypothesis, commits: list) -> Result:
         state.last, state.last_samples = hyp, state.audio.size
+        state.flushed = None  # more was heard since (and commits move the audio)
         text = join_text(state.committed_text, drop_echo_tail(hyp.text))
         if self.settings.stable_commit:
             agreed = agreed_prefix(state.previous, hyp.segments)
@@ -739,7 +767,7 @@ class StreamingTranscriber:
         state.audio = state.audio[keep_from:]
         state.offset_s += keep_from / SAMPLE_RATE
         state.since_partial = 0
-        state.previous, state.last = [], None
+        state.previous, state.last, state.flushed = [], None, None
         if self.settings.stable_commit:
             state.committed += details["segments"]
             state.committed_text = join_text(state.committed_text, text)

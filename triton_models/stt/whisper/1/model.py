@@ -1,7 +1,9 @@
 """Streaming Whisper as a decoupled Triton python model, batched across streams.
 
 Each audio stream is a Triton sequence; every chunk is answered with one response:
-a partial transcript, nothing, or (END chunk) a final with word timestamps. The
+a partial transcript, nothing, or (END chunk) a final with word timestamps. A
+FLUSH chunk (a speculative end of turn) is answered with a final too, and the
+stream stays open. The
 sequence batcher hands ``execute`` one chunk of each of up to max_batch_size
 streams; their finals are decoded as one batch (and sent first), then their
 partials as another (common/whisper_stream.py, tested offline), each answer to its
@@ -89,7 +91,7 @@ class TritonPythonModel:
                     pb_utils.get_input_tensor_by_name(request, "AUDIO").as_numpy().reshape(-1),
                     start=bool(_scalar(request, "START")), end=bool(_scalar(request, "END")),
                     language=_decode(lang_t.as_numpy().reshape(-1)[0]) if lang_t is not None
-                    else None))
+                    else None, flush=bool(_scalar(request, "FLUSH"))))
                 senders.append(sender)
             except Exception as exc:  # a bad request must not take the model down
                 _fail(sender, exc)
