@@ -214,6 +214,18 @@ def _cpu_seconds(pids: list[int]) -> float:
     return total
 
 
+def _own_cpu(pids: dict[str, int]) -> dict[str, float]:
+    """utime + stime of each named process alone (not its children)."""
+    tick, out = os.sysconf("SC_CLK_TCK"), {}
+    for name, pid in pids.items():
+        try:
+            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        out[name] = (int(fields[11]) + int(fields[12])) / tick
+    return out
+
+
 def _metrics(url: str) -> dict[str, float]:
     """A Prometheus text page as {series: value}."""
     import urllib.request
@@ -320,13 +332,17 @@ async def agent_level(url: str, sessions: int, turns: int) -> dict:
             "completed": len(lat), "turns": sessions * turns}
 
 
-async def ramp(url: str, http: str, triton_metrics: str | None, pids: list[int],
+async def ramp(url: str, http: str, triton_metrics: str | None, procs: dict[str, int],
                kind: str, levels: list[int], args) -> list[dict]:
-    rows = []
+    from bench.soak import process_tree
+
+    rows, pids = [], list(procs.values())
+    tree = process_tree(procs)  # the media server, tritonserver and each model's stubs
     for k in levels:
         before = _metrics(triton_metrics) if triton_metrics else {}
         server0 = _metrics(http + "/metrics")
         cpu0 = _cpu_seconds(pids) if pids else None
+        own0 = _own_cpu(tree)
         if kind == "captions":
             row = await caption_level(url, k)
             ok = (row["completed"] == k
@@ -339,6 +355,9 @@ async def ramp(url: str, http: str, triton_metrics: str | None, pids: list[int],
         row = {"sessions": k, **row, "held": ok}
         if cpu0 is not None:
             row["cpu_s_per_audio_s"] = round((_cpu_seconds(pids) - cpu0) / row["audio_s"], 3)
+            own = _own_cpu(tree)
+            row["cpu_by_process"] = {name: round((own[name] - own0[name]) / row["audio_s"], 3)
+                                     for name in own if name in own0}
         row["stages"] = stage_latency(server0, _metrics(http + "/metrics"))
         if triton_metrics:
             row["triton"] = triton_batches(before, _metrics(triton_metrics))
@@ -420,23 +439,22 @@ def main(argv: list[str] | None = None) -> int:
         levels = {"captions": list(range(args.start, args.max + 1, args.step)),
                   "agents": args.agent_levels}
 
-        def run_all(url: str, http: str, tm: str | None, pids: list[int]) -> None:
+        def run_all(url: str, http: str, tm: str | None, procs: dict[str, int]) -> None:
             for kind in kinds:
-                rows = asyncio.run(ramp(url, http, tm, pids, kind, levels[kind], args))
+                rows = asyncio.run(ramp(url, http, tm, procs, kind, levels[kind], args))
                 held = [r["sessions"] for r in rows if r["held"]]
                 results[kind] = {"sessions_held": max(held) if held else 0, "levels": rows}
 
         if args.url:
             http = args.url.replace("ws://", "http://").replace("wss://", "https://")
-            run_all(args.url, http.split("/v1/")[0], args.triton_metrics, [])
+            run_all(args.url, http.split("/v1/")[0], args.triton_metrics, {})
         else:
             from bench.stack import local_stack
 
             procs: dict[str, int] = {}
             with local_stack(processes=procs) as http:
                 url = http.replace("http://", "ws://") + "/v1/realtime"
-                run_all(url, http, _triton_metrics_url(procs["tritonserver"]),
-                        list(procs.values()))
+                run_all(url, http, _triton_metrics_url(procs["tritonserver"]), procs)
     if args.json:
         print(json.dumps(results, indent=2))
     else:
