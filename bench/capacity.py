@@ -299,13 +299,19 @@ def stage_latency(before: dict, after: dict, name: str = "rtmedia_turn_latency_s
     return out
 
 
-async def caption_level(url: str, sessions: int) -> dict:
+async def caption_level(url: str, sessions: int, spread_s: float = 0.0) -> dict:
+    """``sessions`` streams of the same speech; session k starts k/sessions of
+    ``spread_s`` late (0: lock step, every pause of every stream at the same instant)."""
     from bench.agent import CAPTION_TEXT, caption_run, summary
     from pipelines.speech import espeak_speech
 
     audio = espeak_speech(CAPTION_TEXT)
-    runs = await asyncio.gather(*[caption_run(url, audio) for _ in range(sessions)],
-                                return_exceptions=True)
+
+    async def one(k: int) -> dict:
+        await asyncio.sleep(spread_s * k / sessions)
+        return await caption_run(url, audio)
+
+    runs = await asyncio.gather(*[one(k) for k in range(sessions)], return_exceptions=True)
     ok = [r for r in runs if isinstance(r, dict)]
     finals = [r["final_lag"] for r in ok if r["final_lag"] is not None]
     return {"audio_s": sessions * audio.size / RATE,
@@ -344,7 +350,7 @@ async def ramp(url: str, http: str, triton_metrics: str | None, procs: dict[str,
         cpu0 = _cpu_seconds(pids) if pids else None
         own0 = _own_cpu(tree)
         if kind == "captions":
-            row = await caption_level(url, k)
+            row = await caption_level(url, k, args.spread_s)
             ok = (row["completed"] == k
                   and (row["word_lag"]["median_ms"] or 1e9) <= args.max_lag_ms
                   and (row["final_lag"]["median_ms"] or 1e9) <= args.max_lag_ms)
@@ -392,6 +398,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--start", type=int, default=2)
     p.add_argument("--step", type=int, default=2)
     p.add_argument("--max", type=int, default=32)
+    p.add_argument("--spread-s", type=float, default=0.0,
+                   help="caption sessions start spread over this many seconds (0: lock "
+                        "step, the worst case: every stream pauses at the same instant)")
     p.add_argument("--agent-levels", type=int, nargs="*", default=[1, 2, 3, 4, 6, 8])
     p.add_argument("--turns", type=int, default=3, help="turns per voice-agent session")
     p.add_argument("--max-lag-ms", type=float, default=1000.0)

@@ -182,6 +182,57 @@ def test_stable_prefix_is_committed_and_partials_decode_only_the_tail():
                                                   "p": 1.0}
 
 
+def _paced(busy_s: int):
+    """A transcriber whose scripted decodes each take ``cost[0]`` s of a fake clock, and
+    a real-time stream into it, sent as the media server sends: what came in while the
+    last answer was awaited (at least 0.1 s). ``stream(s)`` gives the audio times of
+    the partials decoded meanwhile."""
+    now, cost = [0.0], [0.0]
+
+    class Slow(FakeBatch):
+        def _run(self, kind, windows, languages):
+            now[0] += cost[0]
+            return super()._run(kind, windows, languages)
+
+    dec = Slow(lambda kind, audio: [Seg(0, audio.size / SAMPLE_RATE, " words")])
+    t = StreamingTranscriber(dec, WhisperSettings(english_only=True,
+                                                  partial_every_busy=busy_s * SAMPLE_RATE),
+                             clock=lambda: now[0])
+
+    def stream(seconds: float) -> list[float]:
+        heard, sent, t0 = [], 0.0, now[0]
+        while now[0] < t0 + seconds:
+            now[0] = max(now[0], t0 + sent + 0.1)
+            piece = round(now[0] - t0 - sent, 1)
+            calls = len(dec.calls)
+            t.handle(1, _sec(piece, 0.5), start=not t.streams, end=False, language=None)
+            sent += piece
+            if len(dec.calls) > calls:
+                heard.append(round(sent, 1))
+        return heard
+
+    return t, cost, stream
+
+
+def test_partials_come_less_often_while_the_instance_is_busy():
+    """Decodes that take 0.6 s for every 0.5 s of audio saturate a fixed interval (the
+    instance never rests: a real one queues every stream behind it); the stretched
+    interval leaves it time. Idle again, partials come every 0.5 s again."""
+    t, cost, stream = _paced(busy_s=1)
+    assert np.diff(stream(3.0)[-4:]).tolist() == pytest.approx([0.5] * 3)
+    cost[0] = 0.6
+    gaps = np.diff(stream(10.0)[-6:])
+    assert gaps.min() >= 0.7 and t.meter.busy() <= 0.85
+    cost[0] = 0.0
+    assert np.diff(stream(4.0)[-4:]).tolist() == pytest.approx([0.5] * 3)
+    assert t.partial_every == SAMPLE_RATE // 2
+
+    fixed, cost, stream = _paced(busy_s=0)  # without partial_every_busy
+    cost[0] = 0.6
+    assert np.diff(stream(10.0)[-6:]).tolist() == pytest.approx([0.6] * 5)
+    assert fixed.meter.busy() >= 0.95 and fixed.partial_every == SAMPLE_RATE // 2
+
+
 # -- the real model -------------------------------------------------------------------------
 SENTENCES = ["Good morning, how are you today?",
              "Seven apples fell from the tall green tree.",

@@ -250,6 +250,33 @@ class WhisperSettings:
     # call costs more than its rows one by one (their activations leave the cache:
     # 8 rows of 5 s, 405 vs 205 ms on one thread); the decode is batched either way.
     encoder_rows: int = 1
+    # Under load partials come less often: the interval stretches from partial_every
+    # (instance busy BUSY_FROM of the time or less) to this (BUSY_FULL or more), so a
+    # busy CPU spends its time on fewer, still timely partials instead of queueing
+    # every stream behind them. Finals are never delayed. 0: always partial_every.
+    partial_every_busy: int = 0
+
+
+BUSY_FROM, BUSY_FULL = 0.5, 0.9
+
+
+class BusyMeter:
+    """The share of the last ``window_s`` seconds this instance spent serving batches."""
+
+    def __init__(self, window_s: float = 2.0, clock: Callable[[], float] = time.monotonic):
+        self.window_s, self.clock = window_s, clock
+        self._spans: deque[tuple[float, float]] = deque()
+
+    def add(self, start: float, end: float) -> None:
+        self._spans.append((start, end))
+        while self._spans and self._spans[0][1] < end - self.window_s:
+            self._spans.popleft()
+
+    def busy(self, now: float | None = None) -> float:
+        now = self.clock() if now is None else now
+        since = now - self.window_s
+        spent = sum(end - max(start, since) for start, end in self._spans if end > since)
+        return min(1.0, spent / self.window_s)
 
 
 class _Decoded:
@@ -523,11 +550,15 @@ class StreamingTranscriber:
     batched ``partials``/``finals`` (``BatchedWhisper``) or a faster-whisper model with
     ``transcribe`` (served one window at a time)."""
 
-    def __init__(self, model, settings: WhisperSettings):
+    def __init__(self, model, settings: WhisperSettings, *,
+                 clock: Callable[[], float] = time.monotonic):
         self.settings = settings
         self.decoder = model if hasattr(model, "finals") else TranscribeDecoder(model, settings)
         self.model = model
         self.streams: dict[int, StreamState] = {}
+        self.clock = clock
+        self.meter = BusyMeter(clock=clock)
+        self.partial_every = settings.partial_every  # now: stretched under load
 
     def check_chunk(self, audio: np.ndarray, end: bool, language: str | None) -> None:
         s = self.settings
@@ -558,6 +589,21 @@ class StreamingTranscriber:
         streams first (one batched decode), then partials (another), then the commits
         of stable prefixes the partials found. A stream with two chunks in one batch
         is served in two rounds, in order."""
+        started = self.clock()
+        self.partial_every = self._partial_every(started)
+        try:
+            self._rounds(chunks, send)
+        finally:
+            self.meter.add(started, self.clock())
+
+    def _partial_every(self, now: float) -> int:
+        base, most = self.settings.partial_every, self.settings.partial_every_busy
+        if most <= base:
+            return base
+        load = (self.meter.busy(now) - BUSY_FROM) / (BUSY_FULL - BUSY_FROM)
+        return base + int(min(1.0, max(0.0, load)) * (most - base))
+
+    def _rounds(self, chunks: list[Chunk], send) -> None:
         rounds: list[list[int]] = []
         for i, c in enumerate(chunks):
             k = sum(1 for j in range(i) if chunks[j].corrid == c.corrid)
@@ -679,7 +725,7 @@ class StreamingTranscriber:
             return "final", state
         if state.audio.size > self.settings.max_window:
             return "cut", state
-        if state.since_partial >= self.settings.partial_every:
+        if state.since_partial >= self.partial_every:
             state.since_partial = 0
             return "partial", state
         return "none", state

@@ -63,6 +63,8 @@ class TritonPythonModel:
             english_only=weights.name.endswith(".en"),
             default_language=_param(cfg, "language", "en") or None,
             partial_every=int(float(_param(cfg, "partial_interval_s", "0.5")) * SAMPLE_RATE),
+            partial_every_busy=int(float(_param(cfg, "partial_interval_busy_s", "0"))
+                                   * SAMPLE_RATE),
             max_window=int(float(_param(cfg, "max_window_s", "20")) * SAMPLE_RATE),
             max_chunk=int(float(_param(cfg, "max_chunk_s", "30")) * SAMPLE_RATE),
             beam_size=int(_param(cfg, "beam_size", "1")),
