@@ -14,7 +14,7 @@ from __future__ import annotations
 import itertools
 import json
 import secrets
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -56,22 +56,33 @@ class STTStream:
                    flush: bool = False) -> list[Transcript]:
         """Send 16 kHz float32 audio; return what the model answered (partial/final).
         ``flush``: a final of everything so far, the sequence kept open."""
+        return await self.send(audio, end=end, flush=flush)
+
+    def send(self, audio: np.ndarray, *, end: bool = False,
+             flush: bool = False) -> Awaitable[list[Transcript]]:
+        """``push`` in two steps: the request is queued now, in order after the ones
+        before (the model serves a sequence's requests in that order), and its answer
+        is awaited later, so an END or FLUSH need not wait for the answer in flight."""
         inputs: dict = {"AUDIO": np.asarray(audio, dtype=np.float32).reshape(1, -1)}
         if self.language:
             inputs["LANGUAGE"] = np.array([[self.language]], dtype=np.object_)
         if flush:
             inputs["FLUSH"] = np.array([[True]], dtype=bool)
-        out = []
-        async for r in self._stream.infer(self.model, inputs, sequence_id=self._seq,
-                                          sequence_start=not self._started, sequence_end=end):
-            text = r.text("TEXT")
-            final = bool(r.outputs["IS_FINAL"].flatten()[0])
-            if text or final:
-                out.append(Transcript(text, final, json.loads(r.text("DETAILS") or "{}")))
+        queue = self._stream.send(self.model, inputs, sequence_id=self._seq,
+                                  sequence_start=not self._started, sequence_end=end)
         self._started = True
         if end:
             self._started = False
             self._seq = next(_seq_ids)
+        return self._answers(queue)
+
+    async def _answers(self, queue) -> list[Transcript]:
+        out = []
+        async for r in self._stream.responses(queue):
+            text = r.text("TEXT")
+            final = bool(r.outputs["IS_FINAL"].flatten()[0])
+            if text or final:
+                out.append(Transcript(text, final, json.loads(r.text("DETAILS") or "{}")))
         return out
 
     async def close(self) -> None:
@@ -142,11 +153,13 @@ async def chat(client: TritonClient, messages: list[dict], *, model: str = "llm"
 
 # -- the interfaces the agent's stages are written against --------------------------------
 class STTSession(Protocol):
-    """One utterance: push 16 kHz float32 audio, get partial and final transcripts;
+    """One utterance: send 16 kHz float32 audio, get partial and final transcripts;
     ``flush`` asks for a final now and keeps the utterance open (speculative end)."""
 
-    async def push(self, audio: np.ndarray, *, end: bool = False,
-                   flush: bool = False) -> list[Transcript]: ...
+    def send(self, audio: np.ndarray, *, end: bool = False,
+             flush: bool = False) -> Awaitable[list[Transcript]]:
+        """Queue the audio now (in order); await the result for what was answered."""
+        ...
 
     async def close(self) -> None: ...
 

@@ -16,11 +16,12 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+from collections import deque
 from collections.abc import Callable
 
 import numpy as np
 
-from pipelines.services import STT, STTSession
+from pipelines.services import STT, STTSession, Transcript
 from pipelines.triton_client import TritonModelError, TritonUnavailable
 from pipelines.vad import RATE
 
@@ -125,36 +126,41 @@ class Utterance:
             await asyncio.gather(*self._closers, return_exceptions=True)
 
     async def _run(self, session: STTSession, queue: asyncio.Queue) -> None:
+        """Send the queued audio, one request in flight (what queues up meanwhile goes
+        out as one piece); an END or FLUSH goes out at once, even while an answer is
+        awaited, so it is not a round trip late (on a busy model, a batch late). The
+        answers are handled in order."""
         pending: list[np.ndarray] = []
         pending_samples = 0
+        flight: deque[tuple[asyncio.Future, object]] = deque()  # (answers, what ended it)
+        getter: asyncio.Future | None = None
         try:
             while True:
-                # the queue holds audio, None (END) or the live flush's token
-                item = await queue.get()
-                while isinstance(item, np.ndarray):  # take all the audio queued up
-                    pending.append(item)
-                    pending_samples += item.size
-                    item = queue.get_nowait() if not queue.empty() else _AUDIO_ONLY
-                if item is _AUDIO_ONLY and pending_samples < SEND_S * RATE:
-                    continue
-                end, flush = item is None, item is not None and item is not _AUDIO_ONLY
+                if getter is None:
+                    getter = asyncio.ensure_future(queue.get())
+                waits = {getter, flight[0][0]} if flight else {getter}
+                await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
+                if flight and flight[0][0].done():
+                    answers, item = flight.popleft()
+                    self._answered(answers.result(), item)
+                    if item is None:
+                        return  # the END's answer: the utterance is transcribed
+                control = _AUDIO_ONLY  # what a request sent now ends with
+                if getter.done():
+                    item, getter = getter.result(), None
+                    while isinstance(item, np.ndarray):  # take all the audio queued up
+                        pending.append(item)
+                        pending_samples += item.size
+                        item = queue.get_nowait() if not queue.empty() else _AUDIO_ONLY
+                    control = item  # the queue holds audio, None (END) or a flush token
+                if control is _AUDIO_ONLY and (flight or pending_samples < SEND_S * RATE):
+                    continue  # audio waits for the answer in flight, and for 0.1 s of it
                 data = np.concatenate(pending) if pending else np.zeros(0, np.float32)
                 pending, pending_samples = [], 0
                 self.sent_samples += data.size
-                for t in await session.push(data, end=end, flush=flush):
-                    if t.final:
-                        if self.delivered or (flush and item is not self._flush):
-                            continue  # went out already, or speech resumed since
-                        self.delivered = self.confirmed
-                        self.final = (t.text, t.details)
-                        self._on_final(self, t.text, t.details)
-                    elif t.text:
-                        delta = t.text[len(self.text):] if t.text.startswith(self.text) \
-                            else t.text
-                        self.text = t.text
-                        self._on_partial(self, delta, t.text)
-                if end:
-                    return
+                end, flush = control is None, control is not _AUDIO_ONLY and control is not None
+                flight.append((asyncio.ensure_future(session.send(data, end=end, flush=flush)),
+                               control))
         except (TritonUnavailable, TritonModelError) as exc:
             if session is self._session:
                 self._on_failed(self, str(exc))
@@ -165,5 +171,27 @@ class Utterance:
             if session is self._session:
                 self._on_failed(self, f"internal error: {type(exc).__name__}")
         finally:
+            for answers, _ in flight:
+                if answers.done() and not answers.cancelled():
+                    answers.exception()  # read: it failed after an earlier one did
+                answers.cancel()
+            if getter is not None:
+                getter.cancel()
             await session.close()
             self._closed.add(id(session))
+
+    def _answered(self, transcripts: list[Transcript], item: object) -> None:
+        """The answers of one request; ``item`` is what it carried: None (END), a flush's
+        token, or _AUDIO_ONLY."""
+        flush = item is not None and item is not _AUDIO_ONLY
+        for t in transcripts:
+            if t.final:
+                if self.delivered or (flush and item is not self._flush):
+                    continue  # went out already, or speech resumed since
+                self.delivered = self.confirmed
+                self.final = (t.text, t.details)
+                self._on_final(self, t.text, t.details)
+            elif t.text:
+                delta = t.text[len(self.text):] if t.text.startswith(self.text) else t.text
+                self.text = t.text
+                self._on_partial(self, delta, t.text)

@@ -84,6 +84,7 @@ class FakeSTTSession:
         self.voiced_s = 0.0
         self.closed = False
         self.pushes: list[str] = []  # audio | flush | end, in order
+        self._last: asyncio.Future | None = None  # the request answered before the next
 
     def _text(self) -> str:
         n = max(1, round(self.voiced_s * self.stt.words_per_s))
@@ -91,15 +92,28 @@ class FakeSTTSession:
 
     async def push(self, audio: np.ndarray, *, end: bool = False,
                    flush: bool = False) -> list[Transcript]:
-        self.voiced_s += float(np.count_nonzero(np.abs(audio) > VOICED / 2)) / RATE
+        return await self.send(audio, end=end, flush=flush)
+
+    def send(self, audio: np.ndarray, *, end: bool = False,
+             flush: bool = False) -> asyncio.Future:
+        """Queued now; served after the requests before it, as Triton serves a
+        sequence."""
         self.pushes.append("end" if end else "flush" if flush else "audio")
+        self._last = asyncio.ensure_future(self._serve(self._last, audio, end, flush))
+        return self._last
+
+    async def _serve(self, before: asyncio.Future | None, audio: np.ndarray, end: bool,
+                     flush: bool) -> list[Transcript]:
+        if before is not None:
+            await asyncio.wait({before})  # however it ended
+        self.voiced_s += float(np.count_nonzero(np.abs(audio) > VOICED / 2)) / RATE
         await self.stt.clock.sleep(self.stt.final_s if end or flush else self.stt.partial_s)
         if self.stt.fail:
             from pipelines.triton_client import TritonUnavailable
 
             raise TritonUnavailable("Triton unavailable: scripted failure")
         if end or flush:
-            return [Transcript(self._text() if self.voiced_s else "", True)]
+            return [self.stt.final(self._text() if self.voiced_s else "")]
         return [Transcript(self._text(), False)] if self.voiced_s else []
 
     async def close(self) -> None:
@@ -115,6 +129,10 @@ class FakeSTT:
         self.partial_s, self.final_s, self.words_per_s = partial_s, final_s, words_per_s
         self.sessions: list[FakeSTTSession] = []
         self.fail = False
+
+    def final(self, heard: str) -> Transcript:
+        """The final transcript of what was heard (subclasses say something else)."""
+        return Transcript(heard, True)
 
     def open(self, language: str | None = None) -> FakeSTTSession:
         session = FakeSTTSession(self)

@@ -146,6 +146,25 @@ async def test_speculation_taken_back_when_the_user_goes_on():
     await agent.close()
 
 
+async def test_a_flush_goes_out_while_an_answer_is_in_flight():
+    """On a busy model (300 ms an answer) the pause's FLUSH is sent at once, queued in
+    Triton behind the request in flight, instead of a round trip later."""
+    clock = FakeClock()
+    agent, services = make_agent(clock)
+    services.stt.partial_s = 0.3
+    await feed(agent, clock, speech(1.0))
+    session = services.stt.sessions[0]
+    assert "flush" not in session.pushes
+    await feed(agent, clock, silence(0.16))  # the 120 ms pause, and 40 ms more
+    assert session.pushes[-1] == "flush"
+    await feed(agent, clock, silence(1.0))
+    await clock.advance(3)
+    assert [p for p in session.pushes if p != "audio"] == ["flush", "end"]
+    finals = [f for f in drain(agent) if isinstance(f, F.TranscriptCompleted)]
+    assert [f.transcript for f in finals] == ["one two three four"]
+    await agent.close()
+
+
 async def test_a_speculative_reply_that_failed_while_held_is_answered_at_the_turns_end():
     """The guess failed before the silence confirmed the turn (a heavy model at its cap):
     releasing it would release nothing and the turn would never be answered."""

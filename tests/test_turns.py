@@ -19,7 +19,6 @@ from streaming.events import ProtocolError, parse_event
 from tests.fakes import (
     FakeClock,
     FakeSTT,
-    FakeSTTSession,
     FakeTTS,
     energy_classifier,
     fake_services,
@@ -172,16 +171,8 @@ class SaysSTT(FakeSTT):
         super().__init__(clock)
         self.text = text
 
-    def open(self, language: str | None = None) -> FakeSTTSession:
-        session = super().open(language)
-        push = session.push
-
-        async def says(audio, *, end=False, flush=False):
-            out = await push(audio, end=end, flush=flush)
-            return [Transcript(self.text, True) if t.final else t for t in out]
-
-        session.push = says
-        return session
+    def final(self, heard: str) -> Transcript:
+        return Transcript(self.text, True)
 
 
 def test_transcript_verdict():
@@ -289,17 +280,8 @@ class LanguageTTS(FakeTTS):
 class HindiSTT(FakeSTT):
     """Hears Hindi: the final carries Devanagari and the detected language."""
 
-    def open(self, language: str | None = None) -> FakeSTTSession:
-        session = super().open(language)
-        push = session.push
-
-        async def hindi(audio, *, end=False, flush=False):
-            out = await push(audio, end=end, flush=flush)
-            return [Transcript("नमस्ते", True, {"language": "hi"}) if t.final else t
-                    for t in out]
-
-        session.push = hindi
-        return session
+    def final(self, heard: str) -> Transcript:
+        return Transcript("नमस्ते", True, {"language": "hi"})
 
 
 @pytest.mark.parametrize("language", ["hi", "auto"])

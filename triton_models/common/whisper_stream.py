@@ -699,7 +699,8 @@ class StreamingTranscriber:
                 send(i, finish(state, hyp))
 
     def _accept(self, chunk: Chunk) -> tuple[str, StreamState]:
-        self.check_chunk(chunk.audio, chunk.end, chunk.language)
+        # an END or FLUSH may come without audio (all of it went out already)
+        self.check_chunk(chunk.audio, chunk.end or chunk.flush, chunk.language)
         state = self.streams.get(chunk.corrid)
         if chunk.start or state is None:
             language = chunk.language
