@@ -305,7 +305,8 @@ async def test_webrtc_camera_turn_is_answered_by_the_multimodal_model(door):
     finally:
         await call.close()
     done = next((e for _, e in call.rec.events if e["type"] == "response.done"), None)
-    assert done is not None, [(round(t, 2), e["type"]) for t, e in call.rec.events]
+    assert done is not None, "no response.done; events: " + ", ".join(
+        f"{t:.2f} {e['type']}" for t, e in call.rec.events)
     assert done["response"]["status"] == "completed", done
     assert await model_successes(door.heavy.http_url, "vlm") == before + 1
     stopped = call.rec.first("input_audio_buffer.speech_stopped")
