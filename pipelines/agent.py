@@ -477,6 +477,7 @@ class VoiceAgent:
                     self._metric("first_audio", self._turn.first_audio)
                 await self.playout.write(item)
 
+        finished = False  # the reply's end came while it was held back
         try:
             while True:
                 item = await inbox.get()
@@ -484,6 +485,8 @@ class VoiceAgent:
                     for h in held:
                         await deliver(h)
                     held.clear()
+                    if finished:  # all of it was ready before the turn was confirmed
+                        break
                 elif item is _END:
                     problem = None
                     if said_calls and notice is None and not "".join(text).strip():
@@ -500,6 +503,7 @@ class VoiceAgent:
                         continue
                     if not is_held():
                         break
+                    finished = True
                 elif isinstance(item, BaseException):
                     raise item
                 elif isinstance(item, ToolCallsOut):

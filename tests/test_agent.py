@@ -125,6 +125,24 @@ async def test_speculative_reply_starts_before_the_silence_confirms_the_turn():
     await agent.close()
 
 
+async def test_a_speculative_reply_finished_before_the_turn_ends_is_done_at_release():
+    """A short reply (LLM and TTS all done while the silence is still being confirmed)
+    must end with response.done when it is released, not wait for an end it was sent
+    while held (the WebRTC camera turn's hang in CI)."""
+    clock = FakeClock()
+    agent, services = make_agent(clock, reply="Yes.", llm={"first_token_s": 0.01})
+    await feed(agent, clock, speech(1.0))
+    await feed(agent, clock, silence(0.35))  # the held reply is complete by now
+    assert services.llm.finished == 1  # and nothing shown yet
+    assert not [f for f in drain(agent) if isinstance(f, F.ResponseStarted)]
+    await feed(agent, clock, silence(0.3))
+    await clock.advance(2)
+    done = [f for f in drain(agent) if isinstance(f, F.ResponseDone)]
+    assert [(d.status, d.transcript) for d in done] == [("completed", "Yes.")]
+    assert not agent.responding
+    await agent.close()
+
+
 async def test_speculation_taken_back_when_the_user_goes_on():
     clock = FakeClock()
     agent, services = make_agent(clock, llm={"first_token_s": 0.05})
