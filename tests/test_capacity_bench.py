@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+import time
+from pathlib import Path
 
 import pytest
 
@@ -68,6 +70,11 @@ def test_soak_names_each_instance_of_a_models_stub(tmp_path):
     children = [subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)",
                                   str(model)]) for _ in range(2)]
     try:
+        for child in children:  # both exec'd, their command lines in /proc
+            for _ in range(200):
+                if b"model.py" in Path(f"/proc/{child.pid}/cmdline").read_bytes():
+                    break
+                time.sleep(0.01)
         tree = process_tree({"tritonserver": os.getpid()})
     finally:
         for child in children:
