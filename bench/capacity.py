@@ -188,9 +188,17 @@ def batch_gain(models_dir: Path, streams: int, seconds: float = 30.0) -> dict:
 
 
 # -- the ramp: sessions at real-time pace until the lag passes the limit ------------------
+def _process_cpu(pid: int) -> float | None:
+    """utime + stime of one process (not its children); None when it is gone."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return None
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def _cpu_seconds(pids: list[int]) -> float:
     """utime + stime of these processes and their children (Triton's model stubs)."""
-    tick = os.sysconf("SC_CLK_TCK")
     children: dict[int, list[int]] = {}
     for d in Path("/proc").iterdir():
         if d.name.isdigit():
@@ -206,24 +214,14 @@ def _cpu_seconds(pids: list[int]) -> float:
             continue
         seen.add(pid)
         todo += children.get(pid, [])
-        try:
-            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        total += (int(fields[11]) + int(fields[12])) / tick
+        total += _process_cpu(pid) or 0.0
     return total
 
 
 def _own_cpu(pids: dict[str, int]) -> dict[str, float]:
     """utime + stime of each named process alone (not its children)."""
-    tick, out = os.sysconf("SC_CLK_TCK"), {}
-    for name, pid in pids.items():
-        try:
-            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        out[name] = (int(fields[11]) + int(fields[12])) / tick
-    return out
+    cpu = {name: _process_cpu(pid) for name, pid in pids.items()}
+    return {name: seconds for name, seconds in cpu.items() if seconds is not None}
 
 
 def _metrics(url: str) -> dict[str, float]:

@@ -30,6 +30,11 @@ SEND_S = 0.1
 _AUDIO_ONLY = object()  # what was queued ends without END or FLUSH
 
 
+def _is_flush(item: object) -> bool:
+    """What a request ends with: None (END), _AUDIO_ONLY, or else a flush's token."""
+    return item is not None and item is not _AUDIO_ONLY
+
+
 class Utterance:
     def __init__(self, item_id: str, stt: STT, language: str | None, *,
                  on_partial: Callable[[Utterance, str, str], None],
@@ -158,9 +163,8 @@ class Utterance:
                 data = np.concatenate(pending) if pending else np.zeros(0, np.float32)
                 pending, pending_samples = [], 0
                 self.sent_samples += data.size
-                end, flush = control is None, control is not _AUDIO_ONLY and control is not None
-                flight.append((asyncio.ensure_future(session.send(data, end=end, flush=flush)),
-                               control))
+                answers = session.send(data, end=control is None, flush=_is_flush(control))
+                flight.append((asyncio.ensure_future(answers), control))
         except (TritonUnavailable, TritonModelError) as exc:
             if session is self._session:
                 self._on_failed(self, str(exc))
@@ -183,10 +187,9 @@ class Utterance:
     def _answered(self, transcripts: list[Transcript], item: object) -> None:
         """The answers of one request; ``item`` is what it carried: None (END), a flush's
         token, or _AUDIO_ONLY."""
-        flush = item is not None and item is not _AUDIO_ONLY
         for t in transcripts:
             if t.final:
-                if self.delivered or (flush and item is not self._flush):
+                if self.delivered or (_is_flush(item) and item is not self._flush):
                     continue  # went out already, or speech resumed since
                 self.delivered = self.confirmed
                 self.final = (t.text, t.details)
